@@ -1,0 +1,184 @@
+"""The decoder contract and the pieces every decoder shares.
+
+A decoder is a dataclass whose fields are its parameters (``jacobi:n=16`` sets ``n``),
+registered by name with ``@register_decoder("name")``. It implements::
+
+    generate(engine, prompt_ids, max_new_tokens, eos_ids) -> Trace
+
+Rules (checked by ``cllm-bench check-decoder`` and the tests):
+  * record one :class:`~cllm_bench.trace.Step` per model forward, the first being the
+    target prefill, and attribute every output token to exactly one step;
+  * feed tokens to the output only through :class:`OutputBuffer` so that every decoder
+    stops by the same rule (first EOS included, ``max_new_tokens`` cap);
+  * leave the engine's cache holding exactly the accepted text (roll back what was
+    rejected) before the next forward;
+  * greedy decoders (``lossless = True``) must return exactly what ``ar`` returns;
+  * never time anything or compute metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Iterable
+
+from cllm_bench.errors import UserError
+from cllm_bench.trace import Trace
+
+
+class OutputBuffer:
+    """The output of one generation, with the stopping rule every decoder shares.
+
+    Tokens are accepted in order; acceptance stops after the first EOS (kept) or when
+    ``max_new_tokens`` tokens are held. :meth:`accept` returns how many of the offered
+    tokens were taken, which is what a trace step records as ``accepted``.
+    """
+
+    def __init__(self, max_new_tokens: int, eos_ids: Iterable[int]) -> None:
+        if max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.max_new_tokens = max_new_tokens
+        self.eos_ids = frozenset(int(e) for e in eos_ids)
+        self.tokens: list[int] = []
+        self.stop_reason: str = ""
+
+    @property
+    def done(self) -> bool:
+        return bool(self.stop_reason)
+
+    @property
+    def remaining(self) -> int:
+        return 0 if self.done else self.max_new_tokens - len(self.tokens)
+
+    def accept(self, tokens: Iterable[int]) -> int:
+        taken = 0
+        for tok in tokens:
+            if self.done:
+                break
+            tok = int(tok)
+            self.tokens.append(tok)
+            taken += 1
+            if tok in self.eos_ids:
+                self.stop_reason = "eos"
+            elif len(self.tokens) >= self.max_new_tokens:
+                self.stop_reason = "length"
+        return taken
+
+    def finish(self, trace: Trace) -> Trace:
+        trace.tokens = list(self.tokens)
+        trace.stop_reason = self.stop_reason or "length"  # type: ignore[assignment]
+        return trace
+
+
+@dataclasses.dataclass
+class Decoder(ABC):
+    """Base class of every decoder; subclasses are dataclasses whose fields are parameters."""
+
+    #: True when the decoder must reproduce ``ar`` token for token (greedy, exact arithmetic)
+    lossless: ClassVar[bool] = True
+    #: one-line description for ``cllm-bench list``
+    description: ClassVar[str] = ""
+    #: set by the registry
+    registered_name: ClassVar[str] = ""
+
+    def prepare(self, target: Any) -> None:
+        """Load what the decoder needs besides the target (draft model, Medusa heads).
+
+        ``target`` is the :class:`~cllm_bench.models.LoadedModel` being evaluated. Called
+        once per model before any timed generation (so loading is never timed).
+        """
+
+    @abstractmethod
+    def generate(self, engine: Any, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
+        """Decode greedily after ``prompt_ids``; see the module docstring for the rules."""
+
+    @property
+    def label(self) -> str:
+        """Canonical ``name:key=value,...`` string, parameters that differ from defaults only."""
+        parts = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.default is not dataclasses.MISSING and value == f.default:
+                continue
+            parts.append(f"{f.name}={_format_value(value)}")
+        return self.registered_name + (":" + ",".join(parts) if parts else "")
+
+    @classmethod
+    def parameters(cls) -> list[tuple[str, str, Any]]:
+        """(name, type name, default) of every parameter, for ``cllm-bench list``."""
+        out = []
+        for f in dataclasses.fields(cls):
+            default = None if f.default is dataclasses.MISSING else f.default
+            out.append((f.name, _type_name(f.type), default))
+        return out
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _type_name(tp: Any) -> str:
+    return tp if isinstance(tp, str) else getattr(tp, "__name__", str(tp))
+
+
+def split_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"jacobi:n=16,seed=1"`` -> ``("jacobi", {"n": "16", "seed": "1"})``.
+
+    Values may contain ``:`` and ``=`` (``speculative:draft=self:layers=4``) but not commas.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise UserError("empty decoder name; use e.g. `ar` or `jacobi:n=16`")
+    name, _, rest = spec.partition(":")
+    params: dict[str, str] = {}
+    if rest.strip():
+        for item in rest.split(","):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise UserError(
+                    f"malformed decoder parameter {item!r} in {spec!r}; write parameters as "
+                    f"`{name}:key=value,key2=value2`"
+                )
+            params[key.strip()] = value.strip()
+    return name.strip(), params
+
+
+def coerce(value: str, type_name: str, *, what: str) -> Any:
+    """Parse a parameter string into the field's type (int, float, bool, str)."""
+    try:
+        if type_name in ("int",):
+            return int(value)
+        if type_name in ("float",):
+            return float(value)
+        if type_name in ("bool",):
+            low = value.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+    except ValueError:
+        raise UserError(f"{what} must be of type {type_name}, got {value!r}") from None
+    return value
+
+
+def build_decoder(spec: str, registry: Any | None = None) -> Decoder:
+    """Instantiate a decoder from its spec string (``name:key=value,...``)."""
+    from cllm_bench.registry import DECODERS
+
+    name, raw = split_spec(spec)
+    cls = (registry or DECODERS).get(name)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in fields:
+            valid = ", ".join(fields) or "(none)"
+            raise UserError(f"decoder {name!r} has no parameter {key!r}; valid parameters: {valid}")
+        kwargs[key] = coerce(value, _type_name(fields[key].type), what=f"{name} parameter {key!r}")
+    try:
+        decoder = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"bad parameters for decoder {name!r}: {exc}") from None
+    return decoder

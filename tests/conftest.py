@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny random models built from a config inside the tests (no downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+VOCAB = 96
+
+
+def tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float64, layers: int = 2, vocab: int = VOCAB):
+    """A 2-layer random Llama, deterministic for a seed. EOS id 2."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=2,
+        bos_token_id=1,
+        pad_token_id=0,
+        attn_implementation="sdpa",
+    )
+    model = LlamaForCausalLM(config).to(dtype).eval()
+    model.generation_config.eos_token_id = 2
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def tiny_qwen2(seed: int = 0, dtype: torch.dtype = torch.float64):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        eos_token_id=2,
+        pad_token_id=0,
+        attn_implementation="sdpa",
+    )
+    model = Qwen2ForCausalLM(config).to(dtype).eval()
+    model.generation_config.eos_token_id = 2
+    model.generation_config.pad_token_id = 0
+    return model
+
+
+def prompts(n: int = 3, seed: int = 0, length: int = 12) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, VOCAB, (length + 3 * i,), generator=g).tolist() for i in range(n)]
+
+
+@pytest.fixture(scope="session")
+def llama64():
+    return tiny_llama(seed=0)
+
+
+@pytest.fixture(scope="session")
+def qwen64():
+    return tiny_qwen2(seed=1)
