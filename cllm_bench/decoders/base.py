@@ -80,6 +80,8 @@ class Decoder(ABC):
     description: ClassVar[str] = ""
     #: set by the registry
     registered_name: ClassVar[str] = ""
+    #: parameters always shown in the label (e.g. Jacobi's block size ``n``)
+    label_params: ClassVar[tuple[str, ...]] = ()
 
     def prepare(self, target: Any) -> None:
         """Load what the decoder needs besides the target (draft model, Medusa heads).
@@ -98,7 +100,7 @@ class Decoder(ABC):
         parts = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.default is not dataclasses.MISSING and value == f.default:
+            if f.name not in self.label_params and f.default is not dataclasses.MISSING and value == f.default:
                 continue
             parts.append(f"{f.name}={_format_value(value)}")
         return self.registered_name + (":" + ",".join(parts) if parts else "")

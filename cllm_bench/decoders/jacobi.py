@@ -66,6 +66,7 @@ class JacobiDecoder(Decoder):
     seed: int = 0
 
     description = "Jacobi fixed-point decoding of n-token blocks (lossless)"
+    label_params = ("n",)
 
     def __post_init__(self) -> None:
         if self.n < 1:

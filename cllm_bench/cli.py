@@ -1,0 +1,262 @@
+"""The ``cllm-bench`` command line: run, report, list, train, score, bench, models.
+
+Every user mistake surfaces as one line ``error: ... `` naming the fix, exit code 2,
+no traceback (:class:`~cllm_bench.errors.UserError`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from cllm_bench.errors import UserError
+
+
+def split_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def split_decoder_list(value: str) -> list[str]:
+    """``"ar,jacobi:n=16,seed=1,lookahead:w=5,n=7"`` -> ``["ar", "jacobi:n=16,seed=1", "lookahead:w=5,n=7"]``.
+
+    A comma piece ``key=value`` (no ``:`` before its first ``=``) continues the previous
+    decoder's parameters; anything else starts a new decoder. ``;`` always separates.
+    """
+    out: list[str] = []
+    for group in value.split(";"):
+        for piece in (p.strip() for p in group.split(",")):
+            if not piece:
+                continue
+            key = piece.split("=", 1)[0]
+            if "=" in piece and ":" not in key and out:
+                out[-1] += "," + piece
+            else:
+                out.append(piece)
+    return out
+
+
+def _console() -> Console:
+    """Terminal output; when piped to a file, wide enough for the result table."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=max(console.width, 160))
+    return console
+
+
+# ------------------------------------------------------------------------- run
+def add_run_parser(sub: Any) -> None:
+    p = sub.add_parser("run", help="evaluate models x decoders x tasks (resumable)")
+    p.add_argument("--config", help="TOML file with the same keys as these flags (flags override it)")
+    p.add_argument("--models", action="append", help="model specs: alias, .gguf, HF folder or hub id (comma list)")
+    p.add_argument("--decoders", action="append", help="decoder specs, e.g. ar,jacobi:n=16 (see `cllm-bench list`)")
+    p.add_argument("--tasks", action="append", help="task names, e.g. humaneval,gsm8k")
+    p.add_argument("--limit", type=int, help="samples per task (default 5; 0 = all)")
+    p.add_argument("--max-new-tokens", type=int, help="generation budget per turn (default 128)")
+    p.add_argument("--repeats", type=int, help="timed repeats per sample; median reported (default 1)")
+    p.add_argument("--warmup", type=int, help="untimed warm-up generations per decoder (default 1)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16", "float64"])
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--data-dir", help="folder holding gsm8k/, spider/, mt_bench/ (or $CLLM_BENCH_DATA_DIR)")
+    p.add_argument("--prompt-style", choices=["auto", "chat", "raw"])
+    p.add_argument("--task-args", action="append", help="task options key=value (comma list)")
+    p.add_argument("--output-path", help="run folder (default results/<timestamp>-<name>/)")
+    p.add_argument("--allow-code-execution", action="store_true", default=None,
+                   help="run model-written code/SQL (sandboxed) to score HumanEval/Spider")  # fmt: skip
+    p.add_argument("--log-samples", action="store_true", default=None, help="also store prompt texts")
+    p.add_argument("--exclude-degenerate", action="store_true", default=None,
+                   help="also report Jacobi stats without outputs holding >=10 identical tokens in a row")  # fmt: skip
+    p.set_defaults(func=cmd_run)
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from cllm_bench.config_file import read_config, run_config_fields
+    from cllm_bench.runner import RunConfig
+
+    allowed = run_config_fields()
+    values: dict[str, Any] = read_config(args.config, allowed) if args.config else {}
+    flag_lists = {"models": split_list, "decoders": split_decoder_list, "tasks": split_list}
+    for name, splitter in flag_lists.items():
+        given = getattr(args, name)
+        if given:
+            values[name] = [item for chunk in given for item in splitter(chunk)]
+    for f in fields(RunConfig):
+        if f.name in flag_lists or f.name == "task_args":
+            continue
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    if args.task_args:
+        pairs = [kv for chunk in args.task_args for kv in split_list(chunk)]
+        bad = [kv for kv in pairs if "=" not in kv]
+        if bad:
+            raise UserError(f"--task-args expects key=value pairs, got {bad[0]!r}")
+        values["task_args"] = dict(kv.split("=", 1) for kv in pairs)
+    if values.get("limit") == 0:
+        values["limit"] = None
+    if values.get("data_dir") is None and os.environ.get("CLLM_BENCH_DATA_DIR"):
+        values["data_dir"] = os.environ["CLLM_BENCH_DATA_DIR"]
+    try:
+        return RunConfig(**values)
+    except TypeError as exc:
+        raise UserError(f"bad run configuration: {exc}") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from cllm_bench.runner import run_matrix
+    from cllm_bench.summary_table import print_summary
+
+    console = _console()
+    config = config_from_args(args)
+    out = run_matrix(config, console)
+    print_summary(out, console)
+    console.print(f"results: [bold]{out}[/] (summary.json, samples.jsonl)")
+    return 0
+
+
+# ------------------------------------------------------------------------- list
+def cmd_list(args: argparse.Namespace) -> int:
+    from cllm_bench.models import ALIASES
+    from cllm_bench.registry import DECODERS, TASKS
+
+    console = _console()
+    models = Table(title="models (aliases)")
+    models.add_column("alias")
+    models.add_column("what")
+    models.add_column("install")
+    for name, alias in ALIASES.items():
+        models.add_row(name, alias.description, alias.install)
+    for name, desc, how in _installable_rows():
+        models.add_row(name, desc, how)
+    console.print(models)
+    decs = Table(title="decoders")
+    for col in ("name", "parameters (default)", "lossless", "what"):
+        decs.add_column(col)
+    for name in DECODERS.names():
+        try:
+            cls = DECODERS.get(name)
+        except (UserError, ImportError) as exc:
+            decs.add_row(name, "", "", f"[red]unavailable: {exc}[/]")
+            continue
+        params = ", ".join(f"{n}: {t} = {d}" for n, t, d in cls.parameters()) or "-"
+        decs.add_row(name, params, "yes" if cls.lossless else "no", cls.description)
+    console.print(decs)
+    tasks = Table(title="tasks")
+    for col in ("name", "needs --allow-code-execution", "what"):
+        tasks.add_column(col)
+    for name in TASKS.names():
+        try:
+            cls = TASKS.get(name)
+        except (UserError, ImportError) as exc:
+            tasks.add_row(name, "", f"[red]unavailable: {exc}[/]")
+            continue
+        tasks.add_row(name, "yes" if cls.requires_execution else "no", cls.description)
+    console.print(tasks)
+    return 0
+
+
+def _installable_rows() -> list[tuple[str, str, str]]:
+    try:
+        from cllm_bench.model_install import INSTALLABLE
+    except ImportError:
+        return []
+    return [(n, m.description, f"cllm-bench models install {n}") for n, m in INSTALLABLE.items()]
+
+
+# ------------------------------------------------------------------------- report
+def add_report_parser(sub: Any) -> None:
+    p = sub.add_parser("report", help="tables and plots from one or more run folders")
+    p.add_argument("run_dirs", nargs="+", help="run folders (holding summary.json)")
+    p.add_argument("--output", help="output folder (default RUN_DIR/report)")
+    p.add_argument("--format", default="md,html,csv", help="comma list of md, html, csv")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from cllm_bench.report import run_report
+
+    console = _console()
+    out = run_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
+                     split_list(args.format), console)  # fmt: skip
+    console.print(f"report written to [bold]{out}[/]")
+    return 0
+
+
+# ------------------------------------------------------------------------- train / models
+def add_train_parser(sub: Any) -> None:
+    p = sub.add_parser("train", help="produce the compared models: trajectories, cllm, medusa, draft, sft")
+    try:
+        from cllm_bench.trainers.cli import add_train_subcommands
+    except ImportError as exc:
+        p.set_defaults(func=lambda a: _unavailable("train", exc))
+        return
+    add_train_subcommands(p.add_subparsers(dest="what", required=True, metavar="WHAT"))
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cllm_bench.trainers.cli import run_train
+
+    return run_train(args, _console())
+
+
+def add_models_parser(sub: Any) -> None:
+    p = sub.add_parser("models", help="install opt-in model aliases (large downloads)")
+    msub = p.add_subparsers(dest="models_cmd", required=True)
+    inst = msub.add_parser("install", help="download and assemble an opt-in model")
+    inst.add_argument("name")
+    inst.set_defaults(func=cmd_models_install)
+
+
+def cmd_models_install(args: argparse.Namespace) -> int:
+    from cllm_bench.model_install import install_model
+
+    path = install_model(args.name, _console())
+    _console().print(f"installed: {path}")
+    return 0
+
+
+def _unavailable(what: str, exc: Exception) -> int:
+    raise UserError(f"`cllm-bench {what}` is unavailable in this installation: {exc}")
+
+
+# ------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cllm-bench",
+        description="How much faster is decoding method X than autoregressive decoding on task Y, "
+        "and what does it cost in accuracy?",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_run_parser(sub)
+    lst = sub.add_parser("list", help="registered models, decoders and tasks")
+    lst.set_defaults(func=cmd_list)
+    add_report_parser(sub)
+    add_train_parser(sub)
+    add_models_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except UserError as exc:
+        Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted; rerun the same command to resume")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

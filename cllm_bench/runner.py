@@ -1,0 +1,405 @@
+"""``cllm-bench run``: models x decoders x tasks, measured the same way, resumable.
+
+Measurement discipline:
+  * per (model, task) every decoder gets the same prompts; ``ar`` always runs first —
+    it is the reference for ``speedup`` and ``match_ar``;
+  * model/decoder loading, tokenization and scoring happen outside timed regions;
+  * ``warmup`` generations per (model, decoder) are run and discarded before timing;
+  * each sample is generated ``repeats`` times with the device synchronised around the
+    timed region; the median is reported and the per-repeat spread kept;
+  * TTFT (prefill) is timed apart from decoding.
+
+Result files (under ``output_path``): ``run_config.json`` (the arguments; a rerun with
+other arguments into the same folder is refused), ``samples.jsonl`` (one line per
+model x decoder x task x sample, appended durably — the resume log), ``summary.json``
+(one record per model x decoder x task + provenance, rewritten atomically).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import statistics
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from cllm_bench import metrics
+from cllm_bench.decoders.base import Decoder, build_decoder
+from cllm_bench.engine import Engine
+from cllm_bench.errors import UserError
+from cllm_bench.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_source
+from cllm_bench.provenance import now_iso, provenance
+from cllm_bench.registry import TASKS
+from cllm_bench.results_io import JsonlAppender, read_json, read_jsonl_repairing, write_json_atomic
+from cllm_bench.tasks.base import Sample, Task, TaskOptions
+from cllm_bench.timing import Stopwatch
+from cllm_bench.trace import Trace, check_trace
+
+SUMMARY_KEYS = (
+    "model", "decoder", "task", "n_samples", "accuracy", "tokens_per_s", "speedup", "tokens_per_forward",
+    "fast_forwarded", "stationary", "match_ar", "ttft_s",
+)  # fmt: skip
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run (and its resume identity)."""
+
+    models: list[str] = field(default_factory=lambda: [DEFAULT_MODEL])
+    decoders: list[str] = field(default_factory=lambda: ["ar", "jacobi:n=16"])
+    tasks: list[str] = field(default_factory=lambda: ["humaneval"])
+    limit: int | None = 5
+    max_new_tokens: int | None = 128
+    repeats: int = 1
+    warmup: int = 1
+    seed: int = 0
+    dtype: str = "auto"
+    device: str = "auto"
+    data_dir: str | None = None
+    prompt_style: str = "auto"
+    task_args: dict[str, str] = field(default_factory=dict)
+    allow_code_execution: bool = False
+    log_samples: bool = False
+    exclude_degenerate: bool = False
+    output_path: str | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that must match for a rerun to resume into the same folder."""
+        ident = asdict(self)
+        for volatile in ("output_path", "log_samples"):
+            ident.pop(volatile)
+        return ident
+
+    def identity_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def short_name(self) -> str:
+        model = Path(self.models[0]).name.replace(".gguf", "")
+        return f"{model}-{'+'.join(self.tasks)}".replace("/", "_").replace(":", "_")[:60]
+
+
+def decoder_order(specs: list[str]) -> list[Decoder]:
+    """Build decoders, ``ar`` first (added when missing), duplicates (same label) removed."""
+    built = [build_decoder(s) for s in specs]
+    if not any(d.registered_name == "ar" for d in built):
+        built.insert(0, build_decoder("ar"))
+    built.sort(key=lambda d: d.registered_name != "ar")
+    seen: set[str] = set()
+    out = []
+    for d in built:
+        if d.label not in seen:
+            seen.add(d.label)
+            out.append(d)
+    return out
+
+
+def resolve_output_dir(config: RunConfig, results_root: Path = Path("results")) -> Path:
+    """The run folder: the given one, else an unfinished run with the same arguments
+    under ``results/`` (resume), else a new ``results/<timestamp>-<name>/``."""
+    if config.output_path:
+        return Path(config.output_path)
+    if results_root.is_dir():
+        for cfg in sorted(results_root.glob("*/run_config.json")):
+            try:
+                saved = json.loads(cfg.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if saved.get("identity_hash") == config.identity_hash() and not saved.get("finished"):
+                return cfg.parent
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return results_root / f"{stamp}-{config.short_name()}"
+
+
+def claim_output_dir(out: Path, config: RunConfig) -> None:
+    """Refuse a folder that holds a run with other arguments; record ours otherwise."""
+    cfg_path = out / "run_config.json"
+    if cfg_path.exists():
+        saved = read_json(cfg_path, "run config")
+        if saved.get("identity_hash") != config.identity_hash():
+            theirs = saved.get("config", {})
+            diff = sorted(k for k, v in config.identity().items() if theirs.get(k) != v)
+            raise UserError(
+                f"{out} holds a run with different arguments ({', '.join(diff) or 'unknown'} differ); "
+                f"pass another --output-path or rerun with the same arguments to resume"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not a cllm-bench run folder; pass another --output-path")
+    write_json_atomic(cfg_path, {"identity_hash": config.identity_hash(), "config": asdict(config), "finished": False})
+
+
+# ------------------------------------------------------------------------- per sample
+@dataclass
+class TimedGeneration:
+    trace: Trace
+    decode_s: list[float]
+    ttft_s: list[float]
+
+
+def timed_generate(
+    decoder: Decoder, engine: Engine, prompt: list[int], max_new: int, eos: frozenset[int], repeats: int
+) -> TimedGeneration:
+    """Generate ``repeats`` times; keep the first trace and every timing."""
+    watch = Stopwatch(engine.device)
+    engine.on_prefill_done = watch.mark_prefill
+    first: Trace | None = None
+    decode, ttft = [], []
+    for _ in range(max(repeats, 1)):
+        watch.start()
+        trace = decoder.generate(engine, prompt, max_new, eos)
+        watch.stop()
+        decode.append(watch.decode_s)
+        ttft.append(watch.ttft_s)
+        if first is None:
+            first = trace
+            check_trace(trace, max_new, eos)
+        elif trace.tokens != first.tokens:
+            raise RuntimeError(f"decoder {decoder.label} is not deterministic: repeats produced different outputs")
+    engine.on_prefill_done = None
+    assert first is not None
+    return TimedGeneration(first, decode, ttft)
+
+
+def prompt_hash(ids: list[int]) -> str:
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+
+
+def sample_record(
+    model: str, decoder: Decoder, task: str, sample: Sample, prompts: list[list[int]], gens: list[TimedGeneration],
+    completions: list[str], score: dict[str, Any], ar_record: dict[str, Any] | None, log_prompts: list[str] | None,
+) -> dict[str, Any]:
+    """One samples.jsonl line: everything later metrics need, derived from the traces."""
+    traces = [g.trace for g in gens]
+    turn_ids = [t.tokens for t in traces]
+    flat = [tok for ids in turn_ids for tok in ids]
+    n_rep = len(gens[0].decode_s)
+    decode_by_repeat = [sum(g.decode_s[r] for g in gens) for r in range(n_rep)]
+    ttft_by_repeat = [gens[0].ttft_s[r] for r in range(n_rep)]
+    generated = len(flat)
+    forwards = sum(metrics.target_forwards(t) for t in traces)
+    blocks = [b for t in traces for b in t.blocks]
+    jstats = [metrics.jacobi_stats(t) for t in traces]
+    jstats = [s for s in jstats if s is not None]
+    decode_s = statistics.median(decode_by_repeat)
+    record: dict[str, Any] = {
+        "model": model,
+        "decoder": decoder.label,
+        "task": task,
+        "sample_id": sample.id,
+        "prompt_hash": prompt_hash([t for p in prompts for t in p]),
+        "prompt_tokens": [len(p) for p in prompts],
+        "completions": completions,
+        "output_text": completions[-1] if completions else "",
+        "output_ids": flat,
+        "turn_lengths": [len(ids) for ids in turn_ids],
+        "generated_tokens": generated,
+        "forwards": forwards,
+        "draft_forwards": sum(metrics.draft_forwards(t) for t in traces),
+        "accepted_per_step": [a for t in traces for a in metrics.accepted_per_step(t)],
+        "stop_reason": [t.stop_reason for t in traces],
+        "fast_forwarded": statistics.fmean(s.fast_forward for s in jstats) if jstats else None,
+        "stationary": sum(s.stationary for s in jstats) if jstats else None,
+        "jacobi_blocks": sum(s.blocks for s in jstats) if jstats else None,
+        "jacobi_iterations": sum(s.iterations for s in jstats) if jstats else None,
+        "block_ff": [metrics.block_fast_forward(b) for b in blocks] if blocks else None,
+        "block_stationary": [metrics.block_stationary(b) for b in blocks] if blocks else None,
+        "block_iterations": [b.iterations for b in blocks] if blocks else None,
+        "jacobi_n": getattr(decoder, "n", None) if blocks else None,
+        "degenerate": metrics.is_degenerate(flat),
+        "decode_s": decode_s,
+        "decode_s_repeats": decode_by_repeat,
+        "ttft_s": statistics.median(ttft_by_repeat),
+        "ttft_s_repeats": ttft_by_repeat,
+        "tokens_per_s": generated / decode_s if decode_s > 0 else None,
+        "score": score,
+    }
+    if ar_record is not None:
+        div = metrics.first_divergence(flat, ar_record["output_ids"])
+        record["match_ar"] = div is None
+        record["first_divergence"] = div
+    if log_prompts is not None:
+        record["prompts"] = log_prompts
+    return record
+
+
+# ------------------------------------------------------------------------- summary
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def cell_summary(records: list[dict[str, Any]], task: Task, decoder: Decoder, ar_tps: float | None,
+                 exclude_degenerate: bool, peak_memory_mb: float | None) -> dict[str, Any]:  # fmt: skip
+    """One summary.json record from the sample records of one model x decoder x task."""
+    tokens = sum(r["generated_tokens"] for r in records)
+    decode = sum(r["decode_s"] for r in records)
+    forwards = sum(r["forwards"] for r in records)
+    n_rep = min(len(r["decode_s_repeats"]) for r in records)
+    per_repeat = [_ratio(tokens, sum(r["decode_s_repeats"][i] for r in records)) for i in range(n_rep)]
+    per_repeat = [x for x in per_repeat if x is not None]
+    tps = _ratio(tokens, decode)
+    task_metrics = task.aggregate([r["score"] for r in records])
+    jac = [r for r in records if r.get("fast_forwarded") is not None]
+    matches = [r["match_ar"] for r in records if r.get("match_ar") is not None]
+    divs = [r["first_divergence"] for r in records if r.get("first_divergence") is not None]
+    out: dict[str, Any] = {
+        "model": records[0]["model"],
+        "decoder": decoder.label,
+        "task": records[0]["task"],
+        "n_samples": len(records),
+        "accuracy": task_metrics.get("accuracy"),
+        "task_metrics": task_metrics,
+        "tokens_per_s": tps,
+        "tokens_per_s_min": min(per_repeat) if per_repeat else None,
+        "tokens_per_s_max": max(per_repeat) if per_repeat else None,
+        "speedup": (tps / ar_tps) if (tps and ar_tps) else None,
+        "tokens_per_forward": _ratio(tokens, forwards),
+        "fast_forwarded": metrics.mean_or_none(r["fast_forwarded"] for r in jac) if jac else None,
+        "stationary": metrics.mean_or_none(r["stationary"] for r in jac) if jac else None,
+        "stationary_per_block": _ratio(sum(r["stationary"] for r in jac), sum(r["jacobi_blocks"] for r in jac)) if jac else None,
+        "tokens_per_iteration": _ratio(sum(r["generated_tokens"] for r in jac), sum(r["jacobi_iterations"] for r in jac)) if jac else None,
+        "match_ar": statistics.fmean(matches) if matches else None,
+        "first_divergence_mean": statistics.fmean(divs) if divs else None,
+        "ttft_s": statistics.median(r["ttft_s"] for r in records),
+        "decode_s_total": decode,
+        "generated_tokens": tokens,
+        "draft_forwards": sum(r.get("draft_forwards", 0) for r in records),
+        "peak_memory_mb": peak_memory_mb,
+        "repeats": n_rep,
+        "lossless": decoder.lossless,
+        "skipped": dict(getattr(task, "skipped", {}) or {}),
+    }  # fmt: skip
+    if exclude_degenerate and jac:
+        kept = [r for r in jac if not r["degenerate"]]
+        out["fast_forwarded_excl_degenerate"] = metrics.mean_or_none(r["fast_forwarded"] for r in kept)
+        out["stationary_excl_degenerate"] = metrics.mean_or_none(r["stationary"] for r in kept)
+        out["excluded_degenerate"] = len(jac) - len(kept)
+    return out
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
+
+
+# ------------------------------------------------------------------------- the run
+def build_task(name: str, config: RunConfig) -> Task:
+    cls = TASKS.get(name)
+    options = TaskOptions(
+        data_dir=Path(config.data_dir).expanduser() if config.data_dir else None,
+        prompt_style=config.prompt_style,  # type: ignore[arg-type]
+        allow_code_execution=config.allow_code_execution,
+        extra=dict(config.task_args),
+    )
+    return cls(options)
+
+
+def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("results")) -> Path:
+    """Run the whole matrix; returns the run folder (holding the result files)."""
+    # validate everything a user can get wrong before anything is written
+    decoders = decoder_order(config.decoders)
+    tasks = {name: build_task(name, config) for name in config.tasks}
+    task_samples = {name: task.samples(config.limit) for name, task in tasks.items()}
+    for name, samples in task_samples.items():
+        if not samples:
+            raise UserError(f"task {name} produced no samples (check --data-dir and --limit)")
+    for spec in config.models:
+        resolve_source(spec)
+    out = resolve_output_dir(config, results_root)
+    claim_output_dir(out, config)
+    samples_path = out / "samples.jsonl"
+    done = read_jsonl_repairing(samples_path)
+    if done:
+        console.print(f"[yellow]resuming[/] {out}: {len(done)} finished samples kept")
+    index = {(r["model"], r["decoder"], r["task"], r["sample_id"]): r for r in done}
+    start = now_iso()
+    torch.manual_seed(config.seed)
+    summary: list[dict[str, Any]] = []
+    device = None
+    with JsonlAppender(samples_path) as log, _progress(console) as progress:
+        for model_spec in config.models:
+            console.print(f"loading model [bold]{model_spec}[/] ...")
+            loaded = load_model(model_spec, dtype=config.dtype, device=config.device)
+            device = loaded.device
+            for task_name, task in tasks.items():
+                samples = task_samples[task_name]
+                max_new = config.max_new_tokens or task.default_max_new_tokens
+                ar_tps = None
+                for decoder in decoders:
+                    cell = _run_cell(loaded, task, task_name, samples, decoder, max_new, config, index, log, progress)
+                    mem = peak_memory_mb(loaded.device)
+                    rec = cell_summary(cell, task, decoder, ar_tps, config.exclude_degenerate, mem)
+                    if decoder.registered_name == "ar":
+                        ar_tps = rec["tokens_per_s"]
+                        rec["speedup"] = 1.0
+                    summary.append(rec)
+                    write_json_atomic(out / "summary.json", _summary_doc(config, device, start, summary, final=False))
+            del loaded
+    assert device is not None
+    write_json_atomic(out / "summary.json", _summary_doc(config, device, start, summary, final=True))
+    cfg = read_json(out / "run_config.json", "run config")
+    cfg["finished"] = True
+    write_json_atomic(out / "run_config.json", cfg)
+    return out
+
+
+def _summary_doc(config: RunConfig, device: torch.device, start: str, results: list[dict], final: bool) -> dict:
+    prov = provenance(device, config.dtype, config.seed, {
+        "start_time": start, "end_time": now_iso() if final else None, "complete": final,
+        "repeats": config.repeats, "warmup": config.warmup, "max_new_tokens": config.max_new_tokens,
+        "limit": config.limit, "config": asdict(config),
+    })  # fmt: skip
+    return {"provenance": prov, "results": results}
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
+    )  # fmt: skip
+
+
+def _run_cell(
+    loaded: LoadedModel, task: Task, task_name: str, samples: list[Sample], decoder: Decoder, max_new: int,
+    config: RunConfig, index: dict, log: JsonlAppender, progress: Progress,
+) -> list[dict[str, Any]]:
+    """All samples of one model x task x decoder: warm-up, timed repeats, scoring, logging."""
+    model = loaded.spec
+    decoder.prepare(loaded)
+    engine = Engine(loaded.model)
+    tok = loaded.tokenizer
+    bar = progress.add_task(f"{task_name} · {decoder.label}", total=len(samples))
+    pending = [s for s in samples if (model, decoder.label, task_name, s.id) not in index]
+    progress.advance(bar, len(samples) - len(pending))
+    for sample in pending[: config.warmup] if pending else []:
+        ids = task.prompt_ids(sample, tok, [])
+        decoder.generate(engine, ids, min(max_new, 32), loaded.eos_ids)
+    if loaded.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(loaded.device)
+    for sample in pending:
+        ar_rec = index.get((model, "ar", task_name, sample.id)) if decoder.registered_name != "ar" else None
+        prompts, gens, completions = [], [], []
+        for turn in range(task.n_turns(sample)):
+            # every decoder gets the same conversation: later turns follow ar's earlier answers
+            history = (ar_rec["completions"][:turn] if ar_rec else completions[:turn])
+            ids = task.prompt_ids(sample, tok, history)
+            gen = timed_generate(decoder, engine, ids, max_new, loaded.eos_ids, config.repeats)
+            prompts.append(ids)
+            gens.append(gen)
+            completions.append(tok.decode(gen.trace.tokens, skip_special_tokens=True))
+        score = task.score(sample, completions)
+        log_prompts = [tok.decode(p) for p in prompts] if config.log_samples else None
+        rec = sample_record(model, decoder, task_name, sample, prompts, gens, completions, score, ar_rec, log_prompts)
+        if decoder.registered_name == "ar":
+            rec["match_ar"], rec["first_divergence"] = True, None
+        log.append(rec)
+        index[(model, decoder.label, task_name, sample.id)] = rec
+        progress.advance(bar)
+    return [index[(model, decoder.label, task_name, s.id)] for s in samples]
