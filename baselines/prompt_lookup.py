@@ -1,0 +1,106 @@
+"""``prompt_lookup``: prompt-lookup decoding (Saxena 2023; transformers' ``prompt_lookup_num_tokens``).
+
+No draft model: the last ``ngram`` tokens of prompt + output are looked up in the earlier
+text; the tokens that followed the most recent earlier occurrence (up to k) are proposed,
+and the target verifies ``[x] + proposal`` in ONE forward, greedily (longest agreeing
+prefix + the target's next token; :func:`~cllm_bench.baselines.ngram_pool.chain_accept`).
+When the last ``ngram`` tokens never occurred before, shorter suffixes are tried down to
+``min_ngram``; with no match at all the step is a plain AR step (1 token fed, 1 accepted).
+
+The index (:class:`SuffixIndex`) maps every n-gram (n = min_ngram..ngram) of the text to
+the start of its most recent occurrence that has a continuation, updated incrementally as
+tokens are committed, so a lookup costs O(ngram) instead of a scan of the text.
+Departures from transformers' implementation: it scans for the *first* window match;
+here the *most recent* occurrence wins (fresher context, usually a better guess).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cllm_bench.baselines.ngram_pool import chain_accept
+from cllm_bench.decoders.base import Decoder, OutputBuffer
+from cllm_bench.engine import Engine
+from cllm_bench.registry import register_decoder
+from cllm_bench.trace import Trace
+
+
+class SuffixIndex:
+    """Most recent occurrence of every n-gram (min_n <= n <= max_n) that has a continuation.
+
+    Invariant after :meth:`extend`: for each n, ``last[n][gram]`` is the largest i with
+    ``text[i:i+n] == gram`` and ``i + n < len(text)``.
+    """
+
+    def __init__(self, min_n: int, max_n: int) -> None:
+        self.min_n, self.max_n = min_n, max_n
+        self.text: list[int] = []
+        self.last: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in range(min_n, max_n + 1)}
+
+    def extend(self, tokens: list[int]) -> None:
+        """Append tokens and register the n-grams that now have a continuation."""
+        old = len(self.text)
+        self.text.extend(int(t) for t in tokens)
+        for n, table in self.last.items():
+            # grams starting at i with i + n < len(text) that were not registered before
+            for i in range(max(0, old - n), len(self.text) - n):
+                table[tuple(self.text[i : i + n])] = i
+
+    def propose(self, k: int) -> tuple[list[int], int]:
+        """Up to k tokens that followed the longest matching suffix; also the matched n (0: none)."""
+        text = self.text
+        for n in range(self.max_n, self.min_n - 1, -1):
+            if n > len(text):
+                continue
+            i = self.last[n].get(tuple(text[-n:]))
+            if i is not None:
+                return text[i + n : i + n + k], n
+        return [], 0
+
+
+def ar_proposal_budget(k: int, remaining: int) -> int:
+    """Proposals worth verifying when ``remaining`` output tokens are still needed."""
+    return max(0, min(k, remaining - 1))
+
+
+@register_decoder("prompt_lookup")
+@dataclass
+class PromptLookupDecoder(Decoder):
+    """Prompt lookup: propose up to k tokens copied from the text after a matching n-gram.
+
+    ngram: longest suffix matched (tried first); min_ngram: shortest suffix tried.
+    k: tokens proposed per step (capped by the tokens still needed).
+    """
+
+    ngram: int = 3
+    k: int = 10
+    min_ngram: int = 1
+
+    description = "prompt-lookup decoding: n-gram copy from prompt+output, verified in one forward (lossless)"
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_ngram <= self.ngram:
+            raise ValueError(f"need 1 <= min_ngram <= ngram, got min_ngram={self.min_ngram}, ngram={self.ngram}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+
+    def generate(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
+        trace = Trace(prompt_len=len(prompt_ids))
+        out = OutputBuffer(max_new_tokens, eos_ids)
+        x = int(engine.prefill(prompt_ids).argmax())
+        trace.record("prefill", fed=len(prompt_ids), accepted=out.accept([x]))
+        index = SuffixIndex(self.min_ngram, self.ngram)
+        index.extend(list(prompt_ids) + [x])
+        while not out.done:
+            proposal, matched = index.propose(ar_proposal_budget(self.k, out.remaining))
+            start = engine.length
+            logits = engine.forward(engine.ids_tensor([x] + proposal))
+            accepted = chain_accept(proposal, logits[0].argmax(dim=-1).tolist())
+            engine.rollback(start + len(accepted))  # x and the accepted proposals
+            taken = out.accept(accepted)
+            trace.record(
+                "target", fed=1 + len(proposal), accepted=taken, proposed=len(proposal), matched_ngram=matched
+            )
+            index.extend(accepted)
+            x = accepted[-1]
+        return out.finish(trace)
