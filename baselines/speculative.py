@@ -1,0 +1,326 @@
+"""``speculative``: draft-model speculative decoding (Leviathan et al. 2023; Chen et al. 2023).
+
+Split as in vLLM's speculative decoding:
+
+* **proposer** (:func:`propose`): the draft model, with its own :class:`Engine` and KV
+  cache, proposes k tokens one forward at a time (greedy, or sampled when temperature > 0);
+* **scorer** (:func:`score`): the target scores ``[x, d_1..d_k]`` in ONE forward (x = the
+  last accepted token), giving its prediction after every prefix;
+* **verifier** (:func:`~cllm_bench.baselines.ngram_pool.chain_accept` for greedy,
+  :func:`sample_accept` for sampling): greedy keeps the longest prefix of the draft that
+  agrees with the target's argmaxes plus the target's next token, so 1..k+1 tokens per
+  target forward and the output equals ``ar``. Both caches are then rolled back to the
+  accepted text.
+
+Draft sources (``draft=...``, loaded in :meth:`SpeculativeDecoder.prepare`, never timed):
+
+* ``self`` — the target itself (own cache): every proposal is accepted, k+1 tokens per
+  target forward; a sanity check of the machinery, not a speed-up;
+* ``self:layers=K`` — the target's first K decoder layers + its final norm and head,
+  sharing the target's weights (a shallow module view, no copy; K >= the layer count
+  means the whole model);
+* any model spec :func:`cllm_bench.models.load_model` accepts, loaded in the target's
+  dtype on its device. A draft whose vocabulary differs from the target's is refused.
+
+``temperature > 0`` switches to standard speculative *sampling*: drafts are sampled from
+the draft distribution q, each is accepted with probability ``min(1, p/q)``, the first
+rejection resamples from ``norm(max(0, p - q))``, and a full acceptance samples the bonus
+from p — the output is distributed exactly as sampling from the target at that
+temperature. Such a decoder is not lossless w.r.t. ``ar`` (``lossless`` is False on the
+instance) and is never compared with it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from cllm_bench.baselines.ngram_pool import chain_accept
+from cllm_bench.decoders.base import Decoder, OutputBuffer
+from cllm_bench.engine import Engine
+from cllm_bench.errors import UserError
+from cllm_bench.registry import register_decoder
+from cllm_bench.trace import Trace
+
+
+# ----------------------------------------------------------------------- draft models
+def _module_view(module: nn.Module) -> nn.Module:
+    """A shallow copy of ``module`` whose child table can be changed without touching the original.
+
+    Parameters, buffers and children are shared (same tensors, same submodules).
+    """
+    view = copy.copy(module)
+    view._modules = dict(module._modules)  # type: ignore[assignment]
+    return view
+
+
+def truncated_model(model: nn.Module, layers: int) -> nn.Module:
+    """The first ``layers`` decoder layers of a causal LM + its final norm and head, weights shared.
+
+    Works for decoder-only transformers laid out as ``model.model.layers`` (Llama, Qwen2,
+    Mistral, ...). The view has its own config (``num_hidden_layers = layers``, and
+    ``layer_types`` cut to match), so an :class:`Engine` over it builds a cache of
+    ``layers`` layers, separate from the target's. ``layers >= `` the layer count
+    returns ``model`` itself.
+    """
+    inner = getattr(model, "model", None)
+    blocks = getattr(inner, "layers", None)
+    if not isinstance(blocks, nn.ModuleList):
+        raise UserError(
+            f"draft=self:layers=K needs a decoder-only model with model.layers; {type(model).__name__} has none — "
+            f"use draft=self or a separate draft model"
+        )
+    if layers < 1:
+        raise UserError(f"draft=self:layers=K needs K >= 1, got {layers}")
+    if layers >= len(blocks):
+        return model
+    config = copy.deepcopy(model.config)
+    config.num_hidden_layers = layers
+    if isinstance(getattr(config, "layer_types", None), list):
+        config.layer_types = config.layer_types[:layers]
+    inner_view = _module_view(inner)
+    inner_view.layers = nn.ModuleList(list(blocks[:layers]))
+    inner_view.config = config
+    view = _module_view(model)
+    view.model = inner_view
+    view.config = config
+    return view
+
+
+def parse_draft(spec: str) -> tuple[str, int | None]:
+    """``"self"`` -> ("self", None); ``"self:layers=4"`` -> ("self", 4); other -> (spec, None)."""
+    if spec == "self":
+        return "self", None
+    if spec.startswith("self:"):
+        key, eq, value = spec[len("self:") :].partition("=")
+        if key.strip() != "layers" or not eq:
+            raise UserError(f"draft {spec!r}: write draft=self or draft=self:layers=K")
+        try:
+            return "self", int(value)
+        except ValueError:
+            raise UserError(f"draft {spec!r}: K in self:layers=K must be an integer") from None
+    if not spec:
+        raise UserError("speculative needs a draft model: draft=self, draft=self:layers=K or draft=MODEL")
+    return spec, None
+
+
+def vocab_size(model: Any) -> int:
+    """Rows of the output embedding (the logits' width)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    return int(model.config.vocab_size)
+
+
+def check_same_vocabulary(target: Any, draft: Any, target_tok: Any = None, draft_tok: Any = None, name: str = "") -> None:
+    """Raise :class:`UserError` unless draft and target share logits width (and tokenizer)."""
+    tv, dv = vocab_size(target), vocab_size(draft)
+    if tv != dv:
+        raise UserError(
+            f"draft model {name!r} has a vocabulary of {dv} tokens but the target has {tv}; speculative decoding "
+            f"needs a draft with the target's tokenizer (e.g. a smaller model of the same family)"
+        )
+    if target_tok is not None and draft_tok is not None and target_tok is not draft_tok:
+        if len(target_tok) != len(draft_tok) or target_tok.get_vocab() != draft_tok.get_vocab():
+            raise UserError(
+                f"draft model {name!r} uses a different tokenizer than the target; speculative decoding needs a "
+                f"draft with the same tokenizer"
+            )
+
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float64: "float64"}
+
+
+def load_draft(spec: str, target_model: Any, target_tokenizer: Any = None) -> Any:
+    """Build or load the draft model named by ``spec`` for ``target_model``."""
+    source, layers = parse_draft(spec)
+    if source == "self":
+        return target_model if layers is None else truncated_model(target_model, layers)
+    from cllm_bench.models import load_model
+
+    device = next(target_model.parameters()).device
+    dtype = next(target_model.parameters()).dtype
+    loaded = load_model(source, dtype=_DTYPE_NAMES.get(dtype, "auto"), device=str(device))
+    check_same_vocabulary(target_model, loaded.model, target_tokenizer, loaded.tokenizer, name=source)
+    return loaded.model
+
+
+# ------------------------------------------------------------------ proposer / scorer
+def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> tuple[int, torch.Tensor | None]:
+    """Greedy (temperature 0) or sampled token from logits [V]; also the distribution when sampling."""
+    if temperature <= 0:
+        return int(logits.argmax()), None
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator)), probs
+
+
+def propose(
+    draft: Engine,
+    pending: list[int],
+    k: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[list[int], list[torch.Tensor]]:
+    """k draft tokens after the accepted text, k draft forwards.
+
+    pending: accepted tokens not yet in the draft cache (>= 1; the last is x). The draft
+    cache grows by ``len(pending) + k - 1`` (d_k is proposed, never fed).
+    Returns ``(d_1..d_k, q)`` where q is the list of k draft distributions [V] when
+    sampling (empty when greedy).
+    """
+    tokens: list[int] = []
+    dists: list[torch.Tensor] = []
+    feed = pending
+    for _ in range(k):
+        logits = draft.forward(draft.ids_tensor(feed))[0, -1]
+        tok, probs = _pick(logits, temperature, generator)
+        tokens.append(tok)
+        if probs is not None:
+            dists.append(probs)
+        feed = [tok]
+    return tokens, dists
+
+
+def score(target: Engine, x: int, draft_tokens: list[int]) -> torch.Tensor:
+    """One target forward over ``[x, d_1..d_k]``; returns logits [k+1, V] (row i follows x, d_1..d_i)."""
+    return target.forward(target.ids_tensor([x] + draft_tokens))[0]
+
+
+def sample_accept(
+    draft_tokens: list[int],
+    q: list[torch.Tensor],
+    target_logits: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator | None = None,
+) -> list[int]:
+    """Speculative sampling verification (Leviathan et al. 2023, Algorithm 1).
+
+    draft_tokens: d_1..d_k sampled from q (k distributions [V]). target_logits: [k+1, V].
+    Accept d_i with probability min(1, p_i(d_i) / q_i(d_i)); at the first rejection sample
+    from norm(max(0, p_i - q_i)) and stop; if all k are accepted sample a bonus from p_k.
+    Returns 1..k+1 tokens, distributed as k+1 (or fewer) samples from the target.
+    """
+    p = torch.softmax(target_logits.double() / temperature, dim=-1)
+    dev = p.device
+    accepted: list[int] = []
+    for i, tok in enumerate(draft_tokens):
+        qi = q[i].to(dev)
+        ratio = (p[i, tok] / qi[tok]).clamp(max=1.0)
+        u = torch.rand((), generator=generator, device=dev, dtype=torch.float64)
+        if bool(u < ratio):
+            accepted.append(tok)
+            continue
+        residual = (p[i] - qi).clamp(min=0.0)
+        total = residual.sum()
+        dist = residual / total if float(total) > 0 else p[i]
+        accepted.append(int(torch.multinomial(dist, 1, generator=generator)))
+        return accepted
+    accepted.append(int(torch.multinomial(p[len(draft_tokens)], 1, generator=generator)))
+    return accepted
+
+
+# --------------------------------------------------------------------------- decoder
+@register_decoder("speculative")
+@dataclass
+class SpeculativeDecoder(Decoder):
+    """Draft-model speculative decoding: k proposals per step, one target forward to verify.
+
+    draft: ``self``, ``self:layers=K`` (the target's first K layers, shared weights) or a
+    model spec (alias, folder, .gguf, hub id) with the target's tokenizer.
+    k: tokens proposed per step (capped by the tokens still needed).
+    temperature: 0 = greedy (lossless); > 0 = speculative sampling (not compared with ar).
+    seed: RNG seed for sampling.
+    """
+
+    draft: str = "self:layers=4"
+    k: int = 5
+    temperature: float = 0.0
+    seed: int = 0
+
+    description = "speculative decoding with a draft model (proposer/scorer/verifier; lossless when greedy)"
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        parse_draft(self.draft)  # fail fast on a malformed draft spec
+        self.lossless = self.temperature == 0  # type: ignore[misc]  # instance value shadows the ClassVar
+        self._draft_model: Any = None
+        self._draft_for: Any = None  # the target model the draft was built for
+
+    def prepare(self, target: Any) -> None:
+        """Build/load the draft for ``target`` (a LoadedModel); checked against its vocabulary."""
+        self._draft_model = load_draft(self.draft, target.model, getattr(target, "tokenizer", None))
+        self._draft_for = target.model
+
+    def attach_draft(self, draft_model: Any, target_model: Any) -> None:
+        """Use an already built ``draft_model`` for ``target_model`` (tests, trainers); vocabulary checked."""
+        check_same_vocabulary(target_model, draft_model, name=type(draft_model).__name__)
+        self._draft_model = draft_model
+        self._draft_for = target_model
+
+    def draft_model(self, target_model: Any) -> Any:
+        """The draft for ``target_model``, built on first use when :meth:`prepare` was not called."""
+        if self._draft_model is None or self._draft_for is not target_model:
+            self._draft_model = load_draft(self.draft, target_model)
+            self._draft_for = target_model
+        return self._draft_model
+
+    def generate(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
+        trace = Trace(prompt_len=len(prompt_ids))
+        out = OutputBuffer(max_new_tokens, eos_ids)
+        draft = Engine(self.draft_model(engine.model))
+        generator = None
+        if self.temperature > 0:
+            generator = torch.Generator(device=engine.device).manual_seed(self.seed)
+        x, _ = _pick(engine.prefill(prompt_ids), self.temperature, generator)
+        trace.record("prefill", fed=len(prompt_ids), accepted=out.accept([x]))
+        pending = [x]  # accepted tokens not in the draft cache (the last is x)
+        if not out.done:
+            draft.prefill(prompt_ids)
+            trace.record("draft", fed=len(prompt_ids), accepted=0, prefill=True)
+        while not out.done:
+            pending = self.step(engine, draft, trace, out, pending, generator)
+        return out.finish(trace)
+
+    def step(
+        self,
+        target: Engine,
+        draft: Engine,
+        trace: Trace,
+        out: OutputBuffer,
+        pending: list[int],
+        generator: torch.Generator | None,
+    ) -> list[int]:
+        """Propose k, score in one target forward, verify, roll both caches back.
+
+        Precondition: the target cache holds the accepted text minus x = ``pending[-1]``;
+        the draft cache holds it minus ``pending``. Returns the new ``pending``.
+        """
+        x = pending[-1]
+        k = min(self.k, out.remaining - 1)
+        target_base, draft_base = target.length, draft.length
+        proposal, q = [], []
+        if k > 0:
+            proposal, q = propose(draft, pending, k, self.temperature, generator)
+            for i in range(k):
+                trace.record("draft", fed=len(pending) if i == 0 else 1, accepted=0)
+        logits = score(target, x, proposal)
+        if self.temperature > 0:
+            accepted = sample_accept(proposal, q, logits, self.temperature, generator)
+        else:
+            accepted = chain_accept(proposal, logits.argmax(dim=-1).tolist())
+        m = len(accepted) - 1  # draft tokens accepted
+        target.rollback(target_base + 1 + m)  # x, d_1..d_m
+        taken = out.accept(accepted)
+        trace.record("target", fed=k + 1, accepted=taken, proposed=k, draft_accepted=m)
+        if k == 0:
+            return pending + accepted
+        # the draft fed pending + d_1..d_{k-1}: keep pending + d_1..d_min(m, k-1)
+        draft.rollback(draft_base + len(pending) + min(m, k - 1))
+        return proposal[k - 1 : k] + accepted[-1:] if m == k else accepted[-1:]
