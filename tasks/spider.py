@@ -1,0 +1,438 @@
+"""Spider (dev): text-to-SQL on SQLite databases, execution accuracy.
+
+Data: ``<data_dir>/spider/dev.json`` (1034 examples; task argument ``split=train`` reads
+``train_spider.json``) with databases ``<data_dir>/spider/database/<db_id>/<db_id>.sqlite``.
+Examples whose database file is missing are skipped, never scored as wrong: the count
+per reason is in :attr:`Spider.skipped` (``{"missing_database:wta_1": 62}`` for the
+shared copy, which lacks wta_1) and in the aggregate under ``skipped``.
+
+Prompts: the schema is read from the database itself. Chat models get the CREATE TABLE
+statements and are asked for the SQL alone in a ```sql block; base models get the CLLM
+reference format ``### Instruction:\\nCould you translate ... The SQL database has table
+named T with columns [...], ... Question: ...\\n### Response:\\n``.
+
+Scoring (per sample):
+
+* ``pred_sql``: the first fenced block, else the first statement of the completion (up
+  to ``;`` or a blank line outside quotes), see :func:`extract_sql`;
+* ``execution_match`` (the task's ``accuracy``): predicted and gold query run on the
+  database opened read-only (:func:`cllm_bench.sandbox.query_sqlite_readonly`: reads
+  only, time limit ``query_timeout_s``, default 5 s); results compared as multisets of
+  rows, or as lists when the gold query has a top-level ORDER BY; floats rounded to 6
+  decimals; the predicted columns may come in another order (as in the official
+  test-suite evaluation). Only with ``TaskOptions.allow_code_execution``, else None;
+* ``exact_set_match``: structural comparison of the two queries parsed by sqlglot
+  (dialect sqlite), see :func:`sql_signature`: keywords and identifiers case-folded,
+  table aliases and column qualifiers dropped, literal values ignored (as the official
+  Spider exact match does), SELECT items / FROM tables / JOIN-ON, WHERE and HAVING
+  conjuncts / GROUP BY compared as sets, ORDER BY as a list, LIMIT by presence;
+* ``parse_error``: the prediction is empty or sqlglot cannot parse it as a query.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import sqlglot
+from sqlglot import exp
+
+from cllm_bench.errors import DataError
+from cllm_bench.registry import register_task
+from cllm_bench.sandbox import QueryError, query_sqlite_readonly
+from cllm_bench.tasks.base import Sample, Task, TaskOptions, encode_chat, encode_raw
+from cllm_bench.tasks.data_files import choice_option, data_file, float_option, read_json, require_fields
+
+SPLIT_FILES = {"dev": "dev.json", "train": "train_spider.json"}
+EXECUTION_DISABLED_NOTE = (
+    "SQL execution disabled: pass --allow-code-execution to compute execution accuracy "
+    "(exact_set_match needs no execution)"
+)
+RAW_INSTRUCTION_PREFIX = (
+    "Could you translate the following question into SQL. Please only generate SQL, "
+    "don't include explanation in the answer. "
+)
+CHAT_INSTRUCTION = (
+    "Write one SQLite query that answers the question below. Reply with only the SQL "
+    "query in a ```sql code block."
+)
+#: float results are compared after rounding to this many decimals
+FLOAT_DECIMALS = 6
+#: results this wide or narrower may match with their columns in another order...
+MAX_PERMUTED_COLUMNS = 8
+#: ...trying at most this many column orders
+MAX_COLUMN_ORDERS = 1000
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+#: the start of a query: SELECT, or WITH [RECURSIVE] name [(columns)] AS (
+_SQL_START = re.compile(r"(SELECT\b|WITH\s+(RECURSIVE\s+)?\w+\s*(\([^)]*\)\s*)?AS\s*\()", re.I)
+
+
+# --- schema (reads the database, our own trusted queries) -------------------------------
+
+@dataclass(frozen=True)
+class TableSchema:
+    name: str
+    columns: tuple[str, ...]
+    create_sql: str
+
+
+def read_schema(db_path: Path) -> tuple[TableSchema, ...]:
+    """The user tables of a SQLite database in creation order (``sqlite_*`` excluded)."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        tables = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
+        ).fetchall()
+        return tuple(
+            TableSchema(
+                name=name,
+                columns=tuple(row[1] for row in conn.execute(f'PRAGMA table_info("{name}")')),
+                create_sql=(sql or "").strip(),
+            )
+            for name, sql in tables
+        )
+    except sqlite3.Error as err:
+        raise DataError(f"spider: cannot read the schema of {db_path} ({err}); re-download the database") from None
+    finally:
+        conn.close()
+
+
+def raw_prompt(schema: tuple[TableSchema, ...], question: str) -> str:
+    """The CLLM reference prompt (``build_instruction_prompt`` of the CLLM code)."""
+    tables = "".join(f"table named {t.name} with columns {list(t.columns)}, " for t in schema)
+    instruction = f"{RAW_INSTRUCTION_PREFIX}The SQL database has {tables}Question: {question}"
+    return f"### Instruction:\n{instruction.strip()}\n### Response:\n"
+
+
+def chat_messages(schema: tuple[TableSchema, ...], question: str) -> list[dict[str, str]]:
+    """The user turn for chat models: CREATE TABLE statements, the instruction, the question."""
+    ddl = ";\n\n".join(t.create_sql for t in schema) + ";"
+    content = f"SQLite database schema:\n\n{ddl}\n\n{CHAT_INSTRUCTION}\n\nQuestion: {question}"
+    return [{"role": "user", "content": content}]
+
+
+# --- SQL extraction (pure) -------------------------------------------------------------
+
+def first_statement(text: str) -> str:
+    """``text`` up to the first ``;`` or blank line that is not inside a quoted string."""
+    quote: str | None = None
+    for i, char in enumerate(text):
+        if quote is not None:
+            if char == quote:
+                quote = None
+        elif char in "'\"`":
+            quote = char
+        elif char == ";" or (char == "\n" and text[i + 1 : i + 2] == "\n"):
+            return text[:i]
+    return text
+
+
+def extract_sql(completion: str) -> str:
+    """The SQL query a completion stands for (see the module docstring); may be empty."""
+    text = completion.split("<|EOT|>")[0]
+    blocks = [body for lang, body in _FENCE.findall(text) if lang.lower() in ("", "sql", "sqlite")]
+    if blocks:
+        text = blocks[0]
+    else:
+        text = text.strip()
+        if not _SQL_START.match(text):  # skip prose before the query ("The query is: SELECT ...")
+            start = re.search(r"\bSELECT\b", text) or re.search(r"\bselect\b", text, re.I)
+            if start is not None:
+                text = text[start.start() :]
+    return first_statement(text.strip()).strip()
+
+
+# --- exact set match (pure) ------------------------------------------------------------
+
+class SqlParseError(ValueError):
+    """The text is not a single SQL query sqlglot can parse."""
+
+
+def _normalize_node(known_names: frozenset[str]) -> Callable[[exp.Expression], exp.Expression]:
+    """The sqlglot transform behind :func:`sql_signature` (values, qualifiers, aliases, case)."""
+    def normalize(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Literal):
+            return exp.Placeholder()
+        if isinstance(node, exp.Column):
+            if isinstance(node.this, exp.Star):
+                return exp.Star()
+            ident = node.this
+            # SQLite reads an unknown double-quoted name as a string: a value, not a column
+            if isinstance(ident, exp.Identifier) and ident.quoted and not node.table and ident.name.lower() not in known_names:
+                return exp.Placeholder()
+            return exp.column(node.name.lower())
+        if isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier):
+            return exp.table_(node.name.lower())
+        if isinstance(node, exp.Identifier):
+            return exp.to_identifier(node.name.lower())
+        return node
+
+    return normalize
+
+
+def _text(node: exp.Expression | None) -> str:
+    return "" if node is None else node.sql(dialect="sqlite")
+
+
+def _conjuncts(condition: exp.Expression | None) -> frozenset[str]:
+    if condition is None:
+        return frozenset()
+    parts = condition.flatten() if isinstance(condition, exp.And) else [condition]
+    out = set()
+    for part in parts:
+        if isinstance(part, exp.EQ):  # a = b equals b = a
+            out.add(" = ".join(sorted((_text(part.this), _text(part.expression)))))
+        else:
+            out.add(_text(part))
+    return frozenset(out)
+
+
+def _signature(node: exp.Expression) -> Any:
+    if isinstance(node, exp.Subquery):
+        return _signature(node.this)
+    if isinstance(node, (exp.Union, exp.Intersect, exp.Except)):
+        return (
+            type(node).__name__,
+            bool(node.args.get("distinct")),
+            _signature(node.this),
+            _signature(node.expression),
+            _order(node),
+            node.args.get("limit") is not None,
+        )
+    if not isinstance(node, exp.Select):
+        return _text(node)
+    source = node.args.get("from_") or node.args.get("from")
+    joins = node.args.get("joins") or []
+    sources = ([source.this] if source is not None else []) + [j.this for j in joins]
+    return (
+        "SELECT",
+        bool(node.args.get("distinct")),
+        frozenset(_text(e.unalias()) for e in node.expressions),
+        frozenset(_signature(s) if isinstance(s, exp.Subquery) else _text(s) for s in sources),
+        frozenset().union(*(_conjuncts(j.args.get("on")) for j in joins)),
+        _conjuncts(node.args["where"].this if node.args.get("where") else None),
+        frozenset(_text(e) for e in (node.args["group"].expressions if node.args.get("group") else [])),
+        _conjuncts(node.args["having"].this if node.args.get("having") else None),
+        _order(node),
+        node.args.get("limit") is not None,
+    )
+
+
+def _order(node: exp.Expression) -> tuple[str, ...]:
+    order = node.args.get("order")
+    if order is None:
+        return ()
+    return tuple(f"{_text(o.this)} {'DESC' if o.args.get('desc') else 'ASC'}" for o in order.expressions)
+
+
+def parse_query(sql: str) -> exp.Expression:
+    """The sqlglot tree of one SQLite query; SqlParseError when it is not one."""
+    if not sql.strip():
+        raise SqlParseError("empty query")
+    try:
+        tree = sqlglot.parse_one(sql, read="sqlite")
+    except (sqlglot.errors.ParseError, sqlglot.errors.TokenError) as err:
+        raise SqlParseError(str(err).split("\n")[0]) from None
+    if not isinstance(tree, exp.Query) or (isinstance(tree, exp.Select) and not tree.expressions):
+        raise SqlParseError(f"not a query: {sql[:80]!r}")
+    return tree
+
+
+def sql_signature(sql: str, known_names: frozenset[str] = frozenset()) -> Any:
+    """A hashable structure equal for queries that match under the exact-set rules of the
+    module docstring. ``known_names``: lower-case table and column names of the schema
+    (a double-quoted unknown name is a string value). Raises SqlParseError."""
+    tree = parse_query(sql).transform(_normalize_node(known_names))
+    return _signature(tree)
+
+
+def has_top_level_order_by(sql: str) -> bool:
+    """True when the query's outermost statement sorts its result."""
+    try:
+        return parse_query(sql).args.get("order") is not None
+    except SqlParseError:
+        return re.search(r"\border\s+by\b", re.sub(r"\([^()]*\)", "", sql), re.I) is not None
+
+
+# --- execution match (pure) ------------------------------------------------------------
+
+def normalize_value(value: Any) -> Any:
+    """A cell value for comparison: floats rounded, integral floats as ints."""
+    if isinstance(value, float):
+        value = round(value, FLOAT_DECIMALS)
+        return int(value) if value.is_integer() else value
+    return value
+
+
+def _column_orders(pred: list[tuple], gold: list[tuple]) -> Iterator[tuple[int, ...]]:
+    """Orders of the predicted columns worth trying: identity first, then (up to
+    :data:`MAX_COLUMN_ORDERS`) one-to-one mappings of each gold column to a predicted
+    column holding the same multiset of values."""
+    width = len(gold[0])
+    identity = tuple(range(width))
+    yield identity
+    if width < 2 or width > MAX_PERMUTED_COLUMNS:
+        return
+    pred_cols = [Counter(row[i] for row in pred) for i in range(width)]
+    gold_cols = [Counter(row[j] for row in gold) for j in range(width)]
+    candidates = [[i for i in range(width) if pred_cols[i] == gold_cols[j]] for j in range(width)]
+
+    def assign(prefix: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
+        if len(prefix) == width:
+            yield prefix
+            return
+        for i in candidates[len(prefix)]:
+            if i not in prefix:
+                yield from assign(prefix + (i,))
+
+    orders = (order for order in assign(()) if order != identity)
+    yield from itertools.islice(orders, MAX_COLUMN_ORDERS)
+
+
+def results_match(pred: list[tuple], gold: list[tuple], ordered: bool) -> bool:
+    """True when two query results are equal: as lists if ``ordered`` else as multisets
+    of rows, after :func:`normalize_value`, allowing the predicted columns in any order."""
+    if len(pred) != len(gold):
+        return False
+    if not gold:
+        return True
+    pred_rows = [tuple(normalize_value(v) for v in row) for row in pred]
+    gold_rows = [tuple(normalize_value(v) for v in row) for row in gold]
+    if len(pred_rows[0]) != len(gold_rows[0]):
+        return False
+    gold_counter = None if ordered else Counter(gold_rows)
+    for order in _column_orders(pred_rows, gold_rows):
+        permuted = [tuple(row[i] for i in order) for row in pred_rows]
+        if (permuted == gold_rows) if ordered else (Counter(permuted) == gold_counter):
+            return True
+    return False
+
+
+# --- the task --------------------------------------------------------------------------
+
+def database_path(data_dir: Path, db_id: str) -> Path:
+    return Path(data_dir) / "spider" / "database" / db_id / f"{db_id}.sqlite"
+
+
+@register_task("spider")
+class Spider(Task):
+    """Spider dev execution accuracy, with exact-set match as a second metric.
+
+    ``skipped`` (always present) maps a reason ("missing_database:<db_id>") to the number
+    of examples of the split that :meth:`samples` left out, over the whole split
+    (independent of ``limit``); empty when none was skipped.
+    """
+
+    description = "Spider dev: text-to-SQL on SQLite, execution accuracy (needs --allow-code-execution) + exact-set match"
+    requires_execution = True
+    default_max_new_tokens = 128
+
+    def __init__(self, options: TaskOptions | None = None) -> None:
+        super().__init__(options)
+        self.skipped: dict[str, int] = {}
+        self._schemas: dict[str, tuple[TableSchema, ...]] = {}
+
+    def samples(self, limit: int | None = None) -> list[Sample]:
+        split = choice_option(self.options.extra, "split", "dev", tuple(SPLIT_FILES), "spider")
+        data_dir = self.options.data_dir
+        path = data_file(data_dir, f"spider/{SPLIT_FILES[split]}", "spider")
+        records = read_json(path)
+        if not isinstance(records, list):
+            raise DataError(f"{path}: expected a JSON list of examples; is this the right file?")
+        samples: list[Sample] = []
+        skipped: Counter[str] = Counter()
+        for i, record in enumerate(records):
+            require_fields(record, ("question", "query", "db_id"), f"{path} record {i}")
+            db = database_path(data_dir, record["db_id"])
+            if not db.is_file():
+                skipped[f"missing_database:{record['db_id']}"] += 1
+                continue
+            data = {"question": record["question"], "query": record["query"], "db_id": record["db_id"], "db_path": str(db)}
+            samples.append(Sample(id=f"spider/{split}/{i}", data=data))
+        self.skipped = dict(sorted(skipped.items()))
+        if records and not samples:
+            raise DataError(
+                f"spider: none of the {len(records)} {split} examples has its database; expected files like "
+                f"{database_path(data_dir, records[0]['db_id'])}; pass --data-dir pointing to a folder with "
+                "spider/database/<db_id>/<db_id>.sqlite"
+            )
+        return samples if limit is None else samples[:limit]
+
+    def schema(self, sample: Sample) -> tuple[TableSchema, ...]:
+        """The schema of the sample's database (read once per database and task object)."""
+        db_id = sample.data["db_id"]
+        if db_id not in self._schemas:
+            self._schemas[db_id] = read_schema(Path(sample.data["db_path"]))
+        return self._schemas[db_id]
+
+    def prompt_ids(self, sample: Sample, tokenizer: Any, previous_answers: list[str] | None = None) -> list[int]:
+        schema, question = self.schema(sample), sample.data["question"]
+        if self.use_chat(tokenizer):
+            return encode_chat(tokenizer, chat_messages(schema, question))
+        return encode_raw(tokenizer, raw_prompt(schema, question))
+
+    def stop_strings(self, sample: Sample) -> list[str]:
+        stops = ["<|EOT|>", "\n### "]
+        return stops + ["\n\n"] if self.options.prompt_style == "raw" else stops
+
+    def score(self, sample: Sample, completions: list[str]) -> dict[str, Any]:
+        pred = extract_sql(completions[0] if completions else "")
+        gold = sample.data["query"]
+        known = frozenset(n.lower() for t in self.schema(sample) for n in (t.name, *t.columns))
+        try:
+            exact = sql_signature(pred, known) == sql_signature(gold, known)
+            parse_error = False
+        except SqlParseError:
+            exact, parse_error = False, True
+        result: dict[str, Any] = {
+            "execution_match": None,
+            "exact_set_match": exact,
+            "parse_error": parse_error,
+            "error": None,
+            "pred_sql": pred,
+        }
+        if self.options.allow_code_execution:
+            result["execution_match"], result["error"] = self._execution_match(sample, pred)
+        return result
+
+    def _execution_match(self, sample: Sample, pred: str) -> tuple[bool | None, str | None]:
+        """(match, error): match None only when the gold query itself fails."""
+        timeout = float_option(self.options.extra, "query_timeout_s", 5.0, "spider")
+        db, gold = sample.data["db_path"], sample.data["query"]
+        try:
+            gold_rows = query_sqlite_readonly(db, gold, timeout_s=timeout)
+        except QueryError as err:
+            return None, f"gold query failed: {err}"
+        if not pred:
+            return False, "empty prediction"
+        try:
+            pred_rows = query_sqlite_readonly(db, pred, timeout_s=timeout)
+        except QueryError as err:
+            return False, str(err)
+        return results_match(pred_rows, gold_rows, ordered=has_top_level_order_by(gold)), None
+
+    def aggregate(self, scores: list[dict[str, Any]]) -> dict[str, Any]:
+        n = len(scores)
+        out: dict[str, Any] = {
+            "accuracy": None,
+            "exact_set_match": sum(bool(s["exact_set_match"]) for s in scores) / n if n else None,
+            "parse_errors": sum(bool(s["parse_error"]) for s in scores),
+            "n": n,
+            "skipped": dict(self.skipped),
+        }
+        matches = [s["execution_match"] for s in scores]
+        if any(m is None for m in matches):
+            if not self.options.allow_code_execution:
+                out["note"] = EXECUTION_DISABLED_NOTE
+            else:
+                out["note"] = f"{sum(m is None for m in matches)} gold queries failed to run; accuracy not computed"
+            return out
+        out["accuracy"] = sum(bool(m) for m in matches) / n if n else None
+        out["execution_errors"] = sum(s.get("error") is not None for s in scores)
+        return out
