@@ -1,4 +1,5 @@
-"""Helpers shared by the built-in tasks: finding and reading data files, task options.
+"""Helpers shared by the built-in tasks: finding and reading data files, task options,
+and small text helpers for model answers (code fences, stop strings).
 
 Every task reads its files through these helpers so that a missing or corrupt file
 always produces the same kind of message: a :class:`~cllm_bench.errors.DataError`
@@ -16,10 +17,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from cllm_bench.errors import DataError, UserError
+
+_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 
 
 def data_file(data_dir: Path | str | None, relpath: str, task: str) -> Path:
@@ -107,3 +111,16 @@ def choice_option(extra: dict[str, str], key: str, default: str, choices: tuple[
     if value not in choices:
         raise UserError(f"{task}: task argument {key}={value!r} must be one of: {', '.join(choices)}")
     return value
+
+
+def fenced_blocks(text: str, languages: frozenset[str]) -> list[str]:
+    """Contents of the Markdown code blocks in ``text`` whose language tag (lower-cased;
+    "" when unlabelled) is in ``languages``, in order. An unclosed final fence (a
+    truncated answer) runs to the end of the text."""
+    return [body for lang, body in _FENCE.findall(text) if lang.lower() in languages]
+
+
+def cut_at_first(text: str, stops: tuple[str, ...]) -> str:
+    """``text`` up to (excluding) the earliest occurrence of any of ``stops``."""
+    cut = min((i for i in (text.find(stop) for stop in stops) if i >= 0), default=len(text))
+    return text[:cut]

@@ -31,7 +31,7 @@ from typing import Any
 from cllm_bench.errors import DataError
 from cllm_bench.registry import register_task
 from cllm_bench.tasks.base import Sample, Task, encode_chat, encode_raw
-from cllm_bench.tasks.data_files import choice_option, data_file, read_jsonl
+from cllm_bench.tasks.data_files import choice_option, cut_at_first, data_file, read_jsonl
 
 PROMPT_STYLES = ("zeroshot", "8shot", "abel")
 SPLITS = ("test", "train")
@@ -116,12 +116,6 @@ def normalize_number(text: str) -> str:
     return "0" if result == "-0" else result
 
 
-def cut_at_stops(text: str) -> str:
-    """``text`` up to the first :data:`STOP_STRINGS` occurrence (the next invented question)."""
-    cut = min((i for i in (text.find(s) for s in STOP_STRINGS) if i >= 0), default=len(text))
-    return text[:cut]
-
-
 def extract_strict(text: str) -> str | None:
     """The number after the last "#### ", else after the last "The answer is"; normalised."""
     for pattern in (_STRICT_HASH, _STRICT_SENTENCE):
@@ -144,7 +138,7 @@ def gold_answer(answer: str) -> str:
 
 def score_completion(completion: str, gold: str) -> dict[str, Any]:
     """Strict and flexible exact match of ``completion`` against the normalised ``gold``."""
-    text = cut_at_stops(completion)
+    text = cut_at_first(completion, STOP_STRINGS)  # drop the next invented question
     strict, flexible = extract_strict(text), extract_flexible(text)
     return {
         "correct_strict": strict == gold,

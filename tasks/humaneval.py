@@ -27,7 +27,7 @@ from cllm_bench.errors import DataError
 from cllm_bench.registry import register_task
 from cllm_bench.sandbox import ExecutionResult, run_python_many
 from cllm_bench.tasks.base import Sample, Task, encode_chat, encode_raw
-from cllm_bench.tasks.data_files import float_option, read_jsonl
+from cllm_bench.tasks.data_files import cut_at_first, fenced_blocks, float_option, read_jsonl
 
 #: where a raw (base-model) continuation of the function body ends
 RAW_STOP_SEQUENCES: tuple[str, ...] = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
@@ -39,25 +39,12 @@ CHAT_INSTRUCTION = (
 
 EXECUTION_DISABLED_NOTE = "code execution disabled: pass --allow-code-execution to compute pass@1"
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 _PYTHON_LANGS = frozenset({"", "python", "py", "python3"})
 _TOP_LEVEL_CODE = re.compile(r"(def |async def |class |@|import |from \S+ import )")
 _TOP_LEVEL_ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\s*:[^=]+)?\s*=[^=]")
 
 
 # --- extraction (pure functions) -------------------------------------------------------
-
-def truncate_at_stops(text: str, stops: tuple[str, ...] = RAW_STOP_SEQUENCES) -> str:
-    """``text`` up to (excluding) the earliest occurrence of any stop sequence."""
-    cut = min((i for i in (text.find(stop) for stop in stops) if i >= 0), default=len(text))
-    return text[:cut]
-
-
-def fenced_blocks(text: str) -> list[str]:
-    """Contents of the Markdown code blocks in ``text`` that are Python or unlabelled,
-    in order. An unclosed final fence (a truncated answer) runs to the end of the text."""
-    return [body for lang, body in _FENCE.findall(text) if lang.lower() in _PYTHON_LANGS]
-
 
 def defines_function(code: str, name: str) -> bool:
     """True when ``code`` has a top-level ``def name(``."""
@@ -109,7 +96,7 @@ def extract_program(prompt: str, entry_point: str, completion: str) -> str:
     * plain text defining ``entry_point``: prompt header + its definitions;
     * anything else is treated as a body continuation (prompt + cut text).
     """
-    blocks = fenced_blocks(completion)
+    blocks = fenced_blocks(completion, _PYTHON_LANGS)
     if blocks:
         code = next((block for block in blocks if defines_function(block, entry_point)), blocks[0])
         if defines_function(code, entry_point):
@@ -118,7 +105,7 @@ def extract_program(prompt: str, entry_point: str, completion: str) -> str:
     first_line = next((line for line in completion.split("\n") if line.strip()), "")
     if not first_line[:1].isspace() and defines_function(completion, entry_point):
         return prompt_header(prompt, entry_point) + keep_definitions(completion)
-    return prompt + truncate_at_stops(completion)
+    return prompt + cut_at_first(completion, RAW_STOP_SEQUENCES)
 
 
 def with_tests(program: str, test: str, entry_point: str) -> str:

@@ -46,7 +46,14 @@ from cllm_bench.errors import DataError
 from cllm_bench.registry import register_task
 from cllm_bench.sandbox import QueryError, query_sqlite_readonly
 from cllm_bench.tasks.base import Sample, Task, TaskOptions, encode_chat, encode_raw
-from cllm_bench.tasks.data_files import choice_option, data_file, float_option, read_json, require_fields
+from cllm_bench.tasks.data_files import (
+    choice_option,
+    data_file,
+    fenced_blocks,
+    float_option,
+    read_json,
+    require_fields,
+)
 
 SPLIT_FILES = {"dev": "dev.json", "train": "train_spider.json"}
 EXECUTION_DISABLED_NOTE = (
@@ -68,7 +75,7 @@ MAX_PERMUTED_COLUMNS = 8
 #: ...trying at most this many column orders
 MAX_COLUMN_ORDERS = 1000
 
-_FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
+_SQL_LANGS = frozenset({"", "sql", "sqlite"})
 #: the start of a query: SELECT, or WITH [RECURSIVE] name [(columns)] AS (
 _SQL_START = re.compile(r"(SELECT\b|WITH\s+(RECURSIVE\s+)?\w+\s*(\([^)]*\)\s*)?AS\s*\()", re.I)
 
@@ -136,7 +143,7 @@ def first_statement(text: str) -> str:
 def extract_sql(completion: str) -> str:
     """The SQL query a completion stands for (see the module docstring); may be empty."""
     text = completion.split("<|EOT|>")[0]
-    blocks = [body for lang, body in _FENCE.findall(text) if lang.lower() in ("", "sql", "sqlite")]
+    blocks = fenced_blocks(text, _SQL_LANGS)
     if blocks:
         text = blocks[0]
     else:

@@ -9,14 +9,14 @@ import pytest
 
 from cllm_bench.registry import TASKS
 from cllm_bench.tasks.base import Sample, TaskOptions
+from cllm_bench.tasks.data_files import cut_at_first, fenced_blocks
 from cllm_bench.tasks.humaneval import (
     EXECUTION_DISABLED_NOTE,
+    RAW_STOP_SEQUENCES,
     HumanEval,
     extract_program,
-    fenced_blocks,
     keep_definitions,
     prompt_header,
-    truncate_at_stops,
 )
 
 
@@ -140,7 +140,8 @@ def test_raw_continuation_is_appended_to_the_prompt_and_cut_at_stops():
 
 @pytest.mark.parametrize("stop", ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"])
 def test_each_raw_stop_sequence_cuts(stop):
-    assert truncate_at_stops(f"    return 1{stop}rest") == "    return 1"
+    assert stop in RAW_STOP_SEQUENCES
+    assert cut_at_first(f"    return 1{stop}rest", RAW_STOP_SEQUENCES) == "    return 1"
 
 
 def test_fenced_full_function_replaces_the_prompt_function():
@@ -162,7 +163,7 @@ def test_fenced_body_only_is_appended_to_the_prompt():
 
 
 def test_unclosed_fence_and_choice_of_block():
-    assert fenced_blocks("```python\ndef add(a, b):\n    return a + b") == ["def add(a, b):\n    return a + b"]
+    assert fenced_blocks("```python\ndef add(a, b):\n    return a + b", frozenset({"python"})) == ["def add(a, b):\n    return a + b"]
     completion = "```python\nimport math\n```\nthen\n```python\ndef add(a, b):\n    return a + b\n```\n```bash\nls\n```"
     program = extract_program(PROMPT, "add", completion)
     assert "def add(a, b):\n    return a + b" in program and "import math" not in program and "ls" not in program
