@@ -52,7 +52,7 @@ class HFGenerateDecoder(Decoder):
         config = GenerationConfig(
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            eos_token_id=sorted(eos_ids) or None,
+            eos_token_id=sorted(eos_ids),  # [] = never stop early (None would fall back to the model's EOS)
             pad_token_id=min(eos_ids) if eos_ids else 0,
         )
         kwargs: dict[str, Any] = {}

@@ -66,6 +66,9 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--data-dir", help="folder holding gsm8k/, spider/, mt_bench/ (or $CLLM_BENCH_DATA_DIR)")
     p.add_argument("--prompt-style", choices=["auto", "chat", "raw"])
+    p.add_argument("--engine", choices=["auto", "dynamic", "static"],
+                   help="KV cache: auto = static (+compile) on CUDA, dynamic eager on CPU")
+    p.add_argument("--compile", choices=["auto", "on", "off"], help="torch.compile the decode forward (auto: CUDA)")
     p.add_argument("--task-args", action="append", help="task options key=value (comma list)")
     p.add_argument("--output-path", help="run folder (default results/<timestamp>-<name>/)")
     p.add_argument("--allow-code-execution", action="store_true", default=None,
@@ -227,6 +230,40 @@ def _unavailable(what: str, exc: Exception) -> int:
     raise UserError(f"`cllm-bench {what}` is unavailable in this installation: {exc}")
 
 
+# ------------------------------------------------------------------------- bench
+def add_bench_parser(sub: Any) -> None:
+    p = sub.add_parser("bench", help="time our engine/decoders against HF generate (eager and compiled)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--decoders", default="", help="decoders besides ar, e.g. jacobi:n=16,lookahead")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--num-prompts", type=int, default=2)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--engine", choices=["auto", "dynamic", "static"], default="auto")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--hf-compiled", choices=["auto", "on", "off"], default="auto")
+    p.add_argument("--stop-at-eos", action="store_true")
+    p.add_argument("--output-path", default="results")
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from cllm_bench.bench import BenchConfig, run_bench
+
+    console = _console()
+    cfg = BenchConfig(
+        model=args.model, decoders=split_decoder_list(args.decoders), max_new_tokens=args.max_new_tokens,
+        repeats=args.repeats, warmup=args.warmup, num_prompts=args.num_prompts, dtype=args.dtype,
+        device=args.device, engine=args.engine, compile=args.compile, hf_compiled=args.hf_compiled,
+        stop_at_eos=args.stop_at_eos, output_path=args.output_path,
+    )  # fmt: skip
+    path = run_bench(cfg, console)
+    console.print(f"bench results: [bold]{path}[/]")
+    return 0
+
+
 # ------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -239,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="registered models, decoders and tasks")
     lst.set_defaults(func=cmd_list)
     add_report_parser(sub)
+    add_bench_parser(sub)
     add_train_parser(sub)
     add_models_parser(sub)
     return parser

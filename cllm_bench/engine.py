@@ -41,7 +41,8 @@ class Engine:
         self.config = model.config
         self.on_prefill_done = on_prefill_done
         self.forwards = 0
-        self._cache = kv_cache.new_dynamic_cache(self.config)
+        self._cache = None
+        self.reset()
 
     # -- properties ------------------------------------------------------------------
     @property

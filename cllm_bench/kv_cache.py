@@ -50,3 +50,34 @@ def keep_positions(cache: DynamicCache, start: int, offsets: torch.Tensor) -> No
         idx = index.to(layer.keys.device)
         layer.keys = layer.keys.index_select(-2, idx)
         layer.values = layer.values.index_select(-2, idx)
+
+
+# --------------------------------------------------------------------------- static cache
+def new_static_cache(config: PretrainedConfig, max_cache_len: int):
+    """A preallocated cache of ``max_cache_len`` positions (written in place; compile-friendly)."""
+    from transformers import StaticCache
+
+    return StaticCache(config=config, max_cache_len=max_cache_len)
+
+
+def set_static_length(cache, length: int) -> None:
+    """Make the next write of every layer land at ``length`` (rollback = a length update).
+
+    Entries at and after ``length`` stay in memory but are masked out by the engine and
+    overwritten by the next write.
+    """
+    for layer in cache.layers:
+        if getattr(layer, "is_initialized", False):
+            layer.cumulative_length.fill_(length)
+
+
+def static_keep_positions(cache, start: int, offsets: torch.Tensor) -> None:
+    """Move entries ``start + offsets`` to ``start, start+1, ...`` in every layer, in place."""
+    src = start + offsets
+    dst = torch.arange(start, start + offsets.numel(), device=offsets.device)
+    for layer in cache.layers:
+        if not getattr(layer, "is_initialized", False):
+            continue
+        s, d = src.to(layer.keys.device), dst.to(layer.keys.device)
+        layer.keys.index_copy_(2, d, layer.keys.index_select(2, s))
+        layer.values.index_copy_(2, d, layer.values.index_select(2, s))

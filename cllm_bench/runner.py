@@ -64,6 +64,8 @@ class RunConfig:
     device: str = "auto"
     data_dir: str | None = None
     prompt_style: str = "auto"
+    engine: str = "auto"
+    compile: str = "auto"
     task_args: dict[str, str] = field(default_factory=dict)
     allow_code_execution: bool = False
     log_samples: bool = False
@@ -366,6 +368,33 @@ def _progress(console: Console) -> Progress:
     )  # fmt: skip
 
 
+class EngineFor:
+    """The engine a run uses for one model x decoder, grown when a prompt needs more room.
+
+    auto: static cache + torch.compile on CUDA (the fast path), the eager dynamic-cache
+    engine on CPU (the reference path).
+    """
+
+    HEADROOM = 512  # widest block a decoder feeds beyond prompt + budget, plus bucket padding
+
+    def __init__(self, model: Any, config: RunConfig) -> None:
+        from cllm_bench.bench import resolve_engine
+
+        self.model = model
+        self.kind, self.compile = resolve_engine(config, next(model.parameters()).device)
+        self.engine: Engine | None = None
+        self.capacity = 0
+
+    def fit(self, needed: int) -> Engine:
+        """An engine with room for ``needed`` positions (+ headroom)."""
+        if self.engine is None or (self.kind == "static" and needed + self.HEADROOM > self.capacity):
+            from cllm_bench.bench import make_engine
+
+            self.capacity = max(2 * self.capacity, needed + self.HEADROOM, 1024)
+            self.engine = make_engine(self.model, self.kind, self.compile, self.capacity)
+        return self.engine
+
+
 def _run_cell(
     loaded: LoadedModel, task: Task, task_name: str, samples: list[Sample], decoder: Decoder, max_new: int,
     config: RunConfig, index: dict, log: JsonlAppender, progress: Progress,
@@ -373,14 +402,14 @@ def _run_cell(
     """All samples of one model x task x decoder: warm-up, timed repeats, scoring, logging."""
     model = loaded.spec
     decoder.prepare(loaded)
-    engine = Engine(loaded.model)
     tok = loaded.tokenizer
+    engine = EngineFor(loaded.model, config)
     bar = progress.add_task(f"{task_name} · {decoder.label}", total=len(samples))
     pending = [s for s in samples if (model, decoder.label, task_name, s.id) not in index]
     progress.advance(bar, len(samples) - len(pending))
     for sample in pending[: config.warmup] if pending else []:
         ids = task.prompt_ids(sample, tok, [])
-        decoder.generate(engine, ids, min(max_new, 32), loaded.eos_ids)
+        decoder.generate(engine.fit(len(ids) + max_new), ids, min(max_new, 32), loaded.eos_ids)
     if loaded.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(loaded.device)
     for sample in pending:
@@ -390,7 +419,7 @@ def _run_cell(
             # every decoder gets the same conversation: later turns follow ar's earlier answers
             history = (ar_rec["completions"][:turn] if ar_rec else completions[:turn])
             ids = task.prompt_ids(sample, tok, history)
-            gen = timed_generate(decoder, engine, ids, max_new, loaded.eos_ids, config.repeats)
+            gen = timed_generate(decoder, engine.fit(len(ids) + max_new), ids, max_new, loaded.eos_ids, config.repeats)
             prompts.append(ids)
             gens.append(gen)
             completions.append(tok.decode(gen.trace.tokens, skip_special_tokens=True))

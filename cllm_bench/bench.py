@@ -1,0 +1,229 @@
+"""``cllm-bench bench``: our engine and decoders against HF ``generate``, in one process.
+
+On the same device, prompts and budget it times HF ``generate`` eager (dynamic cache),
+HF ``generate`` with a static cache + ``torch.compile`` (CUDA by default), our ``ar`` and
+any ``--decoders``, on our chosen engine (static + compiled on CUDA, eager on CPU).
+Warm-up runs are excluded from timing and reported as compile/warm-up time. EOS is
+ignored by default (``--stop-at-eos`` to honour it) so every method generates exactly
+``--max-new-tokens`` tokens, as serving benchmarks do.
+
+Per method it reports tokens/s (median over repeats), ms per target forward, the ratios
+to HF eager and HF compiled, and achieved memory bandwidth: bytes read per forward
+(weights + the KV cache attended) / time per forward, as a share of the device's peak.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from cllm_bench import metrics
+from cllm_bench.decoders.base import Decoder, build_decoder
+from cllm_bench.engine import Engine
+from cllm_bench.models import DEFAULT_MODEL, LoadedModel, load_model
+from cllm_bench.provenance import now_iso, provenance
+from cllm_bench.results_io import write_json_atomic
+from cllm_bench.static_engine import StaticEngine
+from cllm_bench.timing import synchronize
+
+#: peak HBM bandwidth in bytes/s by device-name fragment (vendor datasheets)
+PEAK_BANDWIDTH = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "A100-SXM4-80GB": 2.04e12, "A100": 1.55e12,
+                  "L40S": 0.864e12, "A10G": 0.6e12, "RTX 4090": 1.008e12}  # fmt: skip
+
+BENCH_PROMPTS = [
+    "Write a Python function that returns the n-th Fibonacci number, with a docstring and tests.",
+    "Explain how a hash map works and implement one in Python with open addressing.",
+    "A train leaves at 3pm at 60 mph and another at 4pm at 80 mph from the same station. When does the second catch up? Think step by step.",
+    "Write a SQL query that lists the five customers with the highest total order value, then explain it.",
+]  # fmt: skip
+
+
+@dataclass
+class BenchConfig:
+    model: str = DEFAULT_MODEL
+    decoders: list[str] = field(default_factory=list)
+    max_new_tokens: int = 256
+    repeats: int = 3
+    warmup: int = 1
+    num_prompts: int = 2
+    dtype: str = "auto"
+    device: str = "auto"
+    engine: str = "auto"  # auto | dynamic | static
+    compile: str = "auto"  # auto | on | off
+    hf_compiled: str = "auto"  # auto (CUDA only) | on | off
+    stop_at_eos: bool = False
+    output_path: str = "results"
+
+
+def peak_bandwidth(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, value in PEAK_BANDWIDTH.items():
+        if key in name:
+            return value
+    return None
+
+
+def bytes_per_forward(model: Any, context_len: float) -> float:
+    """Weight bytes + KV bytes attended for one forward at ``context_len`` cached positions."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    cfg = model.config
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    elem = next(model.parameters()).element_size()
+    kv = 2 * cfg.num_hidden_layers * heads * head_dim * elem * context_len
+    return weights + kv
+
+
+def resolve_engine(cfg: BenchConfig | Any, device: torch.device) -> tuple[str, bool]:
+    """(engine kind, compile) from "auto" settings: static + compiled on CUDA, dynamic eager on CPU."""
+    kind = cfg.engine if cfg.engine != "auto" else ("static" if device.type == "cuda" else "dynamic")
+    comp = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
+    if comp and kind == "dynamic":
+        kind = "static"  # compilation needs the static cache
+    return kind, comp
+
+
+def make_engine(model: Any, kind: str, compile: bool, max_cache_len: int) -> Engine:
+    if kind == "static":
+        return StaticEngine(model, max_cache_len=max_cache_len, compile=compile)
+    return Engine(model)
+
+
+@dataclass
+class Measurement:
+    name: str
+    tokens: int
+    forwards: int
+    times: list[float]
+    warmup_s: float
+    outputs: list[list[int]]
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.median_s
+
+    @property
+    def ms_per_forward(self) -> float:
+        return 1000 * self.median_s / self.forwards if self.forwards else float("nan")
+
+
+def measure(name: str, decoder: Decoder, engine: Engine, prompts: list[list[int]], cfg: BenchConfig,
+            eos: frozenset[int]) -> Measurement:  # fmt: skip
+    """Warm up (untimed, includes compilation), then time ``repeats`` passes over all prompts."""
+    t0 = time.perf_counter()
+    for _ in range(max(cfg.warmup, 0)):
+        for p in prompts:
+            decoder.generate(engine, p, cfg.max_new_tokens, eos)
+    synchronize(engine.device)
+    warm = time.perf_counter() - t0
+    times, outputs, tokens, forwards = [], [], 0, 0
+    for r in range(cfg.repeats):
+        synchronize(engine.device)
+        start = time.perf_counter()
+        traces = [decoder.generate(engine, p, cfg.max_new_tokens, eos) for p in prompts]
+        synchronize(engine.device)
+        times.append(time.perf_counter() - start)
+        if r == 0:
+            outputs = [t.tokens for t in traces]
+            tokens = sum(len(t.tokens) for t in traces)
+            forwards = sum(metrics.target_forwards(t) for t in traces)
+    return Measurement(name, tokens, forwards, times, warm, outputs)
+
+
+def run_bench(cfg: BenchConfig, console: Console) -> Path:
+    loaded: LoadedModel = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    device = loaded.device
+    tok = loaded.tokenizer
+    texts = BENCH_PROMPTS[: max(1, cfg.num_prompts)]
+    if getattr(tok, "chat_template", None):
+        prompts = [list(tok(tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                   add_generation_prompt=True), add_special_tokens=False)["input_ids"]) for t in texts]  # fmt: skip
+    else:
+        prompts = [list(tok(t)["input_ids"]) for t in texts]
+    eos = loaded.eos_ids if cfg.stop_at_eos else frozenset()
+    kind, comp = resolve_engine(cfg, device)
+    capacity = max(len(p) for p in prompts) + cfg.max_new_tokens + 512
+    hf_comp = cfg.hf_compiled == "on" or (cfg.hf_compiled == "auto" and device.type == "cuda")
+    plan: list[tuple[str, str, str]] = [("hf eager", "hf", "dynamic")]
+    if hf_comp:
+        plan.append(("hf static+compile", "hf:cache=static,compile=true", "dynamic"))
+    for spec in ["ar", *[d for d in cfg.decoders if d != "ar"]]:
+        plan.append((f"{build_decoder(spec).label} ({kind}{'+compile' if comp else ''})", spec, kind))
+    results: list[Measurement] = []
+    for name, spec, engine_kind in plan:
+        decoder = build_decoder(spec)
+        decoder.prepare(loaded)
+        engine = make_engine(loaded.model, engine_kind, comp and engine_kind == "static", capacity)
+        console.print(f"timing [bold]{name}[/] ...")
+        results.append(measure(name, decoder, engine, prompts, cfg, eos))
+    rows = bench_rows(results, loaded, prompts, cfg, device)
+    doc = {
+        "provenance": provenance(device, str(loaded.dtype).replace("torch.", ""), 0, {
+            "time": now_iso(), "config": cfg.__dict__, "engine": kind, "compile": comp,
+            "prompt_tokens": [len(p) for p in prompts], "peak_bandwidth_bytes_per_s": peak_bandwidth(device)}),
+        "results": rows,
+    }  # fmt: skip
+    out_dir = Path(cfg.output_path)
+    path = out_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    write_json_atomic(path, doc)
+    console.print(bench_table(rows, doc["provenance"]))
+    return path
+
+
+def bench_rows(results: list[Measurement], loaded: LoadedModel, prompts: list[list[int]], cfg: BenchConfig,
+               device: torch.device) -> list[dict[str, Any]]:  # fmt: skip
+    by_name = {m.name: m for m in results}
+    eager = by_name.get("hf eager")
+    compiled = by_name.get("hf static+compile")
+    peak = peak_bandwidth(device)
+    context = statistics.fmean(len(p) for p in prompts) + cfg.max_new_tokens / 2
+    per_forward_bytes = bytes_per_forward(loaded.model, context)
+    ref_out = by_name[results[0].name].outputs
+    rows = []
+    for m in results:
+        bw = per_forward_bytes / (m.ms_per_forward / 1000) if m.forwards else None
+        rows.append({
+            "decoder": m.name,
+            "tokens_per_s": m.tokens_per_s,
+            "tokens_per_s_min": m.tokens / max(m.times), "tokens_per_s_max": m.tokens / min(m.times),
+            "ms_per_forward": m.ms_per_forward,
+            "tokens_per_forward": m.tokens / m.forwards if m.forwards else None,
+            "ratio_vs_hf_eager": m.tokens_per_s / eager.tokens_per_s if eager else None,
+            "ratio_vs_hf_compiled": m.tokens_per_s / compiled.tokens_per_s if compiled else None,
+            "bandwidth_bytes_per_s": bw,
+            "bandwidth_share": (bw / peak) if (bw and peak) else None,
+            "warmup_compile_s": m.warmup_s,
+            "generated_tokens": m.tokens,
+            "match_hf_eager": m.outputs == ref_out,
+            "repeats": len(m.times),
+        })  # fmt: skip
+    return rows
+
+
+def bench_table(rows: list[dict[str, Any]], prov: dict[str, Any]) -> Table:
+    from cllm_bench.summary_table import fmt
+
+    table = Table(title=f"cllm-bench bench — {prov['device_name']}, {prov['dtype']}")
+    for col in ("method", "tokens/s", "ms/forward", "tok/forward", "vs HF eager", "vs HF compiled",
+                "bandwidth", "warm-up s", "same tokens"):  # fmt: skip
+        table.add_column(col, justify="left" if col == "method" else "right")
+    for r in rows:
+        table.add_row(r["decoder"], fmt(r["tokens_per_s"], ".1f"), fmt(r["ms_per_forward"], ".2f"),
+                      fmt(r["tokens_per_forward"]), fmt(r["ratio_vs_hf_eager"], ".2f", "x"),
+                      fmt(r["ratio_vs_hf_compiled"], ".2f", "x"),
+                      fmt(r["bandwidth_share"] * 100 if r["bandwidth_share"] else None, ".1f", "%"),
+                      fmt(r["warmup_compile_s"], ".1f"), "yes" if r["match_hf_eager"] else "no")  # fmt: skip
+    return table
