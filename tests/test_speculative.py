@@ -170,3 +170,15 @@ def test_speculative_sampling_matches_target_sampling():
         counts2[trace.tokens[2]] += 1
     assert _chi_square(counts1, law1) < 20.5  # chi2(df=5) at p = 0.001
     assert _chi_square(counts2, law2) < 20.5
+
+
+def test_static_engine_gets_a_static_draft_engine(llama64):
+    from cllm_bench.static_engine import StaticEngine
+
+    prompt = prompts(1, seed=4)[0]
+    dec = build_decoder("speculative:draft=self:layers=1,k=3")
+    engine = StaticEngine(llama64, max_cache_len=len(prompt) + 30 + 64, pad_to_buckets=True)
+    first = dec.generate(engine, prompt, 30, frozenset({10_000}))
+    assert isinstance(dec.draft_engine(engine), StaticEngine)
+    again = dec.generate(engine, prompt, 30, frozenset({10_000}))  # draft engine reused, reset by its prefill
+    assert first.tokens == again.tokens == run(llama64, "ar", prompt, 30).tokens
