@@ -1,0 +1,222 @@
+"""``train cllm``: consistency training of a CLLM on Jacobi trajectories (reference §A.4).
+
+Per record (one Jacobi block) and step, one intermediate state s^i is drawn uniformly from
+s^0 .. s^{K-1} (the fixed point y* excluded; a block whose s^0 is already y* gives y*):
+
+* AR loss = ``ar_weight`` x label-smoothed next-token CE on prompt + y* (or, with
+  ``--use-gt-labels``, on the original prompt + the gold answer); every position by
+  default, as the reference (``--ar-tokens answer`` restricts it to the answer tokens);
+* consistency loss = soft cross-entropy sum_v -p_target(v) log p_student(v), averaged over
+  the block positions from the first token where s^i differs from y* to the block end:
+  student = the model on prompt + s^i, target = the SAME model on prompt + y*, detached
+  (global form, the reference) or on prompt + s^{i+1} (``--consistency local``, the
+  paper's adjacent-state form). Zero when s^i == y*.
+
+Both terms are back-propagated separately (as the reference, to bound activation memory).
+With the global form and fixed-point labels, the AR forward IS the target forward (same
+input, same weights), so its logits are reused, detached: 2 forwards per step instead of 3.
+
+The result is a plain causal LM saved with ``save_pretrained`` (+ tokenizer): load it
+with ``cllm-bench run --models DIR --decoders cllm`` (or ``jacobi``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cllm_bench.errors import DataError, UserError
+from cllm_bench.trainers import common
+
+CONSISTENCY_FORMS = ("global", "local")
+
+
+# --------------------------------------------------------------------------- losses
+def first_wrong_mask(states: torch.Tensor, fixed: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[B, n] bool: block positions from the first one where ``states`` != ``fixed`` on.
+
+    states, fixed: [B, n] long; valid: [B, n] bool (False on padding of short blocks).
+    """
+    wrong = (states != fixed) & valid
+    return (wrong.long().cumsum(dim=-1) > 0) & valid
+
+
+def soft_cross_entropy(student_logits: torch.Tensor, target_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over masked positions of sum_v -softmax(target)_v * log_softmax(student)_v.
+
+    student_logits, target_logits: [B, n, V]; mask: [B, n] bool. Exactly 0 (with a graph)
+    when the mask is empty. Gradient = that of forward KL(p_target || p_student).
+    """
+    if not bool(mask.any()):
+        return student_logits.sum() * 0.0
+    s = student_logits[mask].float()  # [N, V]
+    t = target_logits[mask].detach().float()
+    return -(F.softmax(t, dim=-1) * F.log_softmax(s, dim=-1)).sum(dim=-1).mean()
+
+
+def gather_block_logits(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """logits [B, T, V], positions [B, n] long -> [B, n, V] (the logits at those positions)."""
+    rows = torch.arange(logits.shape[0], device=logits.device).unsqueeze(1)
+    return logits[rows, positions.to(logits.device)]
+
+
+# --------------------------------------------------------------------------- data
+class TrajectoryDataset:
+    """Records of a trajectories folder; ``__getitem__`` draws the state for this epoch.
+
+    The draw is seeded by (seed, epoch, index): reproducible and resumable.
+    """
+
+    def __init__(self, records: list[dict[str, Any]], seed: int = 0, use_gt_labels: bool = False) -> None:
+        self.records = records
+        self.seed = seed
+        self.epoch = 0
+        self.use_gt_labels = use_gt_labels
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self.records[index]
+        states = rec["states"]
+        rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
+        i = rng.randrange(len(states) - 1) if len(states) > 1 else 0
+        prompt = rec["prompt_ids"]
+        if self.use_gt_labels:
+            original = prompt[: rec["prompt_len"]]
+            ar_ids, ar_start = original + rec["label_ids"], rec["prompt_len"]
+        else:
+            ar_ids, ar_start = prompt + rec["fixed_point"], rec["prompt_len"]
+        return {
+            "prompt": prompt,
+            "state": states[i],
+            "next_state": states[min(i + 1, len(states) - 1)],
+            "fixed_point": rec["fixed_point"],
+            "ar_ids": ar_ids,
+            "ar_start": ar_start,
+        }
+
+
+@dataclass
+class CllmCollator:
+    """Right-pads a list of items into the tensors one CLLM step needs.
+
+    Output keys: ar_ids/ar_mask [B, Ta], ar_labels_all/ar_labels_answer [B, Ta];
+    student_ids/student_mask [B, Ts] (prompt + s^i); target_ids/target_mask (prompt + y*);
+    next_ids/next_mask (prompt + s^{i+1}); positions [B, n] (logit index predicting each
+    block token); states/fixed/next_states [B, n]; valid [B, n] bool.
+    """
+
+    pad_id: int
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        width = max(len(it["fixed_point"]) for it in items)
+        batch: dict[str, torch.Tensor] = {}
+        ar = [it["ar_ids"] for it in items]
+        batch["ar_ids"], batch["ar_mask"] = common.pad_batch(ar, self.pad_id)
+        batch["ar_labels_all"] = common.answer_labels([0] * len(ar), [len(s) for s in ar], batch["ar_ids"])
+        batch["ar_labels_answer"] = common.answer_labels([it["ar_start"] for it in items], [len(s) for s in ar], batch["ar_ids"])
+        for key, field in (("student", "state"), ("target", "fixed_point"), ("next", "next_state")):
+            batch[f"{key}_ids"], batch[f"{key}_mask"] = common.pad_batch([it["prompt"] + it[field] for it in items], self.pad_id)
+        positions = torch.zeros((len(items), width), dtype=torch.long)
+        valid = torch.zeros((len(items), width), dtype=torch.bool)
+        blocks = {k: torch.full((len(items), width), -1, dtype=torch.long) for k in ("states", "fixed", "next_states")}
+        for row, it in enumerate(items):
+            size, start = len(it["fixed_point"]), len(it["prompt"]) - 1
+            positions[row, :size] = torch.arange(start, start + size)
+            valid[row, :size] = True
+            for key, field in (("states", "state"), ("fixed", "fixed_point"), ("next_states", "next_state")):
+                blocks[key][row, :size] = torch.tensor(it[field], dtype=torch.long)
+        batch.update(blocks, positions=positions, valid=valid)
+        return batch
+
+
+def load_records(folder: Path, use_gt_labels: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Trajectory records (+ the folder's manifest, {} if none), checked for the options."""
+    records = common.read_trajectories(folder)
+    if use_gt_labels and any(r.get("label_ids") is None for r in records):
+        raise DataError(
+            f"{folder}: some records have no label_ids; --use-gt-labels needs trajectories built from a "
+            f"source with gold answers (gsm8k, spider, a JSONL with answers)"
+        )
+    manifest_path = Path(folder) / common.MANIFEST_FILE
+    manifest = common.read_json(manifest_path) if manifest_path.is_file() else {}
+    return records, manifest
+
+
+# --------------------------------------------------------------------------- step
+def model_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+
+
+def consistency_loss(model: Any, batch: dict[str, torch.Tensor], form: str, target_logits: torch.Tensor | None = None) -> torch.Tensor:
+    """The consistency term for one batch (see module docstring). ``target_logits``:
+    [B, n, V] block logits of the target input when already computed (global form)."""
+    mask = first_wrong_mask(batch["states"], batch["fixed"], batch["valid"])
+    if target_logits is None:
+        key = "target" if form == "global" else "next"
+        with torch.no_grad():
+            target_logits = gather_block_logits(model_logits(model, batch[f"{key}_ids"], batch[f"{key}_mask"]), batch["positions"])
+    student = gather_block_logits(model_logits(model, batch["student_ids"], batch["student_mask"]), batch["positions"])
+    return soft_cross_entropy(student, target_logits, mask.to(student.device))
+
+
+def make_step(acc: Any, model: Any, *, ar_weight: float, label_smoothing: float, form: str, ar_tokens: str, use_gt_labels: bool):
+    """The per-micro-batch step: AR loss backward, then consistency loss backward."""
+    reuse_target = form == "global" and not use_gt_labels
+    label_key = "ar_labels_all" if ar_tokens == "all" else "ar_labels_answer"
+
+    def step(batch: dict[str, torch.Tensor]) -> dict[str, float]:
+        logits = model_logits(model, batch["ar_ids"], batch["ar_mask"])
+        ar = ar_weight * common.shifted_cross_entropy(logits, batch[label_key], label_smoothing)
+        target = gather_block_logits(logits.detach(), batch["positions"]) if reuse_target else None
+        acc.backward(ar)
+        del logits
+        cons = consistency_loss(model, batch, form, target)
+        acc.backward(cons)
+        return {"loss": float(ar.detach()) + float(cons.detach()), "ar": float(ar.detach()), "consistency": float(cons.detach())}
+
+    return step
+
+
+# --------------------------------------------------------------------------- command
+def run(args: argparse.Namespace, console: Any = None) -> int:
+    """``cllm-bench train cllm``: train, save the HF checkpoint + manifest in ``--out``."""
+    if args.consistency not in CONSISTENCY_FORMS:
+        raise UserError(f"--consistency must be one of {CONSISTENCY_FORMS}")
+    if args.ar_tokens not in ("all", "answer"):
+        raise UserError("--ar-tokens must be all or answer")
+    settings = common.settings_from_args(args)
+    records, traj_manifest = load_records(Path(args.trajectories), args.use_gt_labels)
+    acc = common.make_accelerator(settings.mixed_precision, settings.grad_accum, settings.cpu, settings.seed)
+    loaded = common.load_for_training(args.model, args.dtype, args.gradient_checkpointing)
+    model = loaded.model
+    optimizer = common.make_optimizer(model.parameters(), settings.lr, settings.weight_decay)
+    model, optimizer = acc.prepare(model, optimizer)
+    dataset = TrajectoryDataset(records, settings.seed, args.use_gt_labels)
+    collate = CllmCollator(common.pad_token_id(loaded.tokenizer, loaded.model))
+    step = make_step(
+        acc, model, ar_weight=args.ar_weight, label_smoothing=args.label_smoothing, form=args.consistency,
+        ar_tokens=args.ar_tokens, use_gt_labels=args.use_gt_labels,
+    )
+    progress = common.fit(acc, model, optimizer, dataset, collate, step, settings, console, "cllm")
+    common.save_hf_checkpoint(acc, model, loaded.tokenizer, Path(args.out), args.save_dtype)
+    if acc.is_main_process:
+        common.write_manifest(
+            Path(args.out), "cllm", model=args.model, trajectories=str(args.trajectories),
+            n=traj_manifest.get("n"), records=len(records), consistency=args.consistency, ar_weight=args.ar_weight,
+            label_smoothing=args.label_smoothing, use_gt_labels=args.use_gt_labels, ar_tokens=args.ar_tokens,
+            **common.settings_summary(settings, acc, progress),
+        )
+        acc.print(f"saved CLLM checkpoint to {args.out} ({progress.step} updates)")
+    return 0
+
