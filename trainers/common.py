@@ -484,6 +484,7 @@ class TrainProgress:
     epoch: int = 0
     batches_done: int = 0
     losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0  # wall time spent in the training loop, summed over resumes
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -491,6 +492,7 @@ class TrainProgress:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step, self.epoch, self.batches_done = int(state["step"]), int(state["epoch"]), int(state["batches_done"])
         self.losses = [float(x) for x in state.get("losses", [])]
+        self.seconds = float(state.get("seconds", 0.0))
 
 
 #: A step function: computes the losses of one micro-batch, calls ``accelerator.backward``
@@ -578,6 +580,8 @@ def fit(
         shutil.rmtree(state_dir)  # --no-resume: start over
     acc.wait_for_everyone()
     model.train()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     with progress_bar(console, acc.is_main_process) as bar:
         task = bar.add_task(description, total=total, completed=progress.step, loss="-")
         while progress.step < total and progress.epoch < settings.epochs:
@@ -597,6 +601,7 @@ def run_epoch(acc, model, optimizer, scheduler, loader, step_fn, settings, progr
     """One (possibly resumed) pass over ``loader``; updates ``progress`` in place."""
     skipped = acc.skip_first_batches(loader, progress.batches_done) if progress.batches_done else loader
     window: list[float] = []
+    started = time.perf_counter()
     for batch in skipped:
         with acc.accumulate(model):
             logged = step_fn(batch)
@@ -614,6 +619,8 @@ def run_epoch(acc, model, optimizer, scheduler, loader, step_fn, settings, progr
         window.clear()
         progress.step += 1
         progress.losses.append(loss)
+        progress.seconds += time.perf_counter() - started
+        started = time.perf_counter()
         bar.update(task, completed=progress.step, loss=f"{loss:.4f}")
         if settings.save_every and progress.step % settings.save_every == 0 and progress.step < total:
             save_training_state(acc, state_dir)
@@ -644,8 +651,7 @@ def save_hf_checkpoint(acc: Any, model: torch.nn.Module, tokenizer: Any, out_dir
         if dtype is not None:
             if dtype not in DTYPES:
                 raise UserError(f"--save-dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-            target = DTYPES[dtype]
-            state = {k: (v.to(target) if v.is_floating_point() else v) for k, v in state.items()}
+            state = cast_state_dict(state, DTYPES[dtype])
             unwrapped.config.dtype = dtype
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         unwrapped.config.use_cache = True
@@ -653,6 +659,30 @@ def save_hf_checkpoint(acc: Any, model: torch.nn.Module, tokenizer: Any, out_dir
         if tokenizer is not None:
             tokenizer.save_pretrained(str(out_dir))
     acc.wait_for_everyone()
+
+
+def peak_gpu_memory_gib(acc: Any) -> float | None:
+    """Peak memory allocated by torch on this process's GPU since the loop started (None on CPU)."""
+    device = getattr(acc, "device", None)
+    if device is None or getattr(device, "type", "cpu") != "cuda":
+        return None
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+
+
+def cast_state_dict(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Floating tensors cast to ``dtype``; tensors that shared storage (tied embeddings)
+    still share it afterwards, so ``save_pretrained`` keeps writing them once."""
+    done: dict[tuple[int, tuple[int, ...]], torch.Tensor] = {}
+    out = {}
+    for key, value in state.items():
+        if not value.is_floating_point():
+            out[key] = value
+            continue
+        ident = (value.data_ptr(), tuple(value.shape))
+        if ident not in done:
+            done[ident] = value.to(dtype)
+        out[key] = done[ident]
+    return out
 
 
 def package_versions() -> dict[str, str]:
@@ -694,6 +724,8 @@ def settings_summary(settings: TrainSettings, acc: Any, progress: TrainProgress)
         "mixed_precision": str(acc.mixed_precision),
         "device": str(acc.device),
         "updates": progress.step,
+        "train_seconds": round(progress.seconds, 3),
+        "peak_gpu_memory_gib": peak_gpu_memory_gib(acc),
         "final_loss": progress.losses[-1] if progress.losses else None,
         "first_loss": progress.losses[0] if progress.losses else None,
         "losses": progress.losses,
