@@ -123,6 +123,12 @@ class Measurement:
 def measure(name: str, decoder: Decoder, engine: Engine, prompts: list[list[int]], cfg: BenchConfig,
             eos: frozenset[int]) -> Measurement:  # fmt: skip
     """Warm up (untimed, includes compilation), then time ``repeats`` passes over all prompts."""
+    with torch.inference_mode():
+        return _measure(name, decoder, engine, prompts, cfg, eos)
+
+
+def _measure(name: str, decoder: Decoder, engine: Engine, prompts: list[list[int]], cfg: BenchConfig,
+             eos: frozenset[int]) -> Measurement:  # fmt: skip
     t0 = time.perf_counter()
     for _ in range(max(cfg.warmup, 0)):
         for p in prompts:
@@ -163,10 +169,13 @@ def run_bench(cfg: BenchConfig, console: Console) -> Path:
     for spec in ["ar", *[d for d in cfg.decoders if d != "ar"]]:
         plan.append((f"{build_decoder(spec).label} ({kind}{'+compile' if comp else ''})", spec, kind))
     results: list[Measurement] = []
+    engines: dict[str, Engine] = {}  # one engine per kind: compiled graphs are reused across decoders
     for name, spec, engine_kind in plan:
         decoder = build_decoder(spec)
         decoder.prepare(loaded)
-        engine = make_engine(loaded.model, engine_kind, comp and engine_kind == "static", capacity)
+        if engine_kind not in engines:
+            engines[engine_kind] = make_engine(loaded.model, engine_kind, comp and engine_kind == "static", capacity)
+        engine = engines[engine_kind]
         console.print(f"timing [bold]{name}[/] ...")
         results.append(measure(name, decoder, engine, prompts, cfg, eos))
     rows = bench_rows(results, loaded, prompts, cfg, device)

@@ -69,6 +69,7 @@ class Engine:
         self._cache = kv_cache.new_dynamic_cache(self.config)
         self.forwards = 0
 
+    @torch.inference_mode()
     def ids_tensor(self, ids: list[int]) -> torch.Tensor:
         """[1, len(ids)] long tensor on the model's device."""
         return torch.tensor([ids], dtype=torch.long, device=self.device)

@@ -66,9 +66,10 @@ def set_static_length(cache, length: int) -> None:
     Entries at and after ``length`` stay in memory but are masked out by the engine and
     overwritten by the next write.
     """
-    for layer in cache.layers:
-        if getattr(layer, "is_initialized", False):
-            layer.cumulative_length.fill_(length)
+    lengths = [layer.cumulative_length for layer in cache.layers if getattr(layer, "is_initialized", False)]
+    if lengths:  # two fused launches for all layers instead of one fill per layer
+        torch._foreach_mul_(lengths, 0)
+        torch._foreach_add_(lengths, length)
 
 
 def static_keep_positions(cache, start: int, offsets: torch.Tensor) -> None:

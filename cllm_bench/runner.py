@@ -155,7 +155,8 @@ def timed_generate(
     decode, ttft = [], []
     for _ in range(max(repeats, 1)):
         watch.start()
-        trace = decoder.generate(engine, prompt, max_new, eos)
+        with torch.inference_mode():
+            trace = decoder.generate(engine, prompt, max_new, eos)
         watch.stop()
         decode.append(watch.decode_s)
         ttft.append(watch.ttft_s)
@@ -330,12 +331,13 @@ def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("r
             console.print(f"loading model [bold]{model_spec}[/] ...")
             loaded = load_model(model_spec, dtype=config.dtype, device=config.device)
             device = loaded.device
+            engine = EngineFor(loaded.model, config)  # shared by all cells: compiled graphs are reused
             for task_name, task in tasks.items():
                 samples = task_samples[task_name]
                 max_new = config.max_new_tokens or task.default_max_new_tokens
                 ar_tps = None
                 for decoder in decoders:
-                    cell = _run_cell(loaded, task, task_name, samples, decoder, max_new, config, index, log, progress)
+                    cell = _run_cell(loaded, task, task_name, samples, decoder, max_new, config, index, log, progress, engine)
                     mem = peak_memory_mb(loaded.device)
                     rec = cell_summary(cell, task, decoder, ar_tps, config.exclude_degenerate, mem)
                     if decoder.registered_name == "ar":
@@ -343,7 +345,7 @@ def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("r
                         rec["speedup"] = 1.0
                     summary.append(rec)
                     write_json_atomic(out / "summary.json", _summary_doc(config, device, start, summary, final=False))
-            del loaded
+            del loaded, engine
     assert device is not None
     write_json_atomic(out / "summary.json", _summary_doc(config, device, start, summary, final=True))
     cfg = read_json(out / "run_config.json", "run config")
@@ -397,19 +399,19 @@ class EngineFor:
 
 def _run_cell(
     loaded: LoadedModel, task: Task, task_name: str, samples: list[Sample], decoder: Decoder, max_new: int,
-    config: RunConfig, index: dict, log: JsonlAppender, progress: Progress,
+    config: RunConfig, index: dict, log: JsonlAppender, progress: Progress, engine: EngineFor,
 ) -> list[dict[str, Any]]:
     """All samples of one model x task x decoder: warm-up, timed repeats, scoring, logging."""
     model = loaded.spec
     decoder.prepare(loaded)
     tok = loaded.tokenizer
-    engine = EngineFor(loaded.model, config)
     bar = progress.add_task(f"{task_name} · {decoder.label}", total=len(samples))
     pending = [s for s in samples if (model, decoder.label, task_name, s.id) not in index]
     progress.advance(bar, len(samples) - len(pending))
     for sample in pending[: config.warmup] if pending else []:
         ids = task.prompt_ids(sample, tok, [])
-        decoder.generate(engine.fit(len(ids) + max_new), ids, min(max_new, 32), loaded.eos_ids)
+        with torch.inference_mode():
+            decoder.generate(engine.fit(len(ids) + max_new), ids, min(max_new, 32), loaded.eos_ids)
     if loaded.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(loaded.device)
     for sample in pending:

@@ -58,8 +58,16 @@ class StaticEngine(Engine):
         self.compile = compile
         self.buckets = buckets if (compile if pad_to_buckets is None else pad_to_buckets) else ()
         self._length = 0
-        self._columns: torch.Tensor | None = None
         super().__init__(model, on_prefill_done)
+        self._columns = torch.arange(max_cache_len, device=self.device)
+        self._length_t = torch.zeros((), dtype=torch.long, device=self.device)  # == self._length, on device
+        self._causal: dict[int, torch.Tensor] = {}
+        if compile:
+            # one graph per (engine, bucket): a run with a draft engine and several buckets
+            # needs more than dynamo's default of 8 compilations of this function
+            limit = getattr(torch._dynamo.config, "recompile_limit", None)
+            if limit is not None and limit < 64:
+                torch._dynamo.config.recompile_limit = 64
         self._decode_forward = (
             torch.compile(self._forward_logits, mode=mode, fullgraph=True, dynamic=False) if compile else self._forward_logits
         )
@@ -69,7 +77,8 @@ class StaticEngine(Engine):
     def reset(self) -> None:
         if getattr(self, "_cache", None) is None:
             self._cache = kv_cache.new_static_cache(self.config, self.max_cache_len)
-        kv_cache.set_static_length(self._cache, 0)
+        if hasattr(self, "_length_t"):
+            self._set_length(0)
         self._length = 0
         self.forwards = 0
 
@@ -78,9 +87,12 @@ class StaticEngine(Engine):
         return self._length
 
     @torch.inference_mode()
-    def _set_length(self, length: int) -> None:
+    def _set_length(self, length: int, cache_in_sync: bool = False) -> None:
+        """Set the committed length; ``cache_in_sync``: the cache layers already hold it."""
         self._length = length
-        kv_cache.set_static_length(self._cache, length)
+        self._length_t.fill_(length)
+        if not cache_in_sync:
+            kv_cache.set_static_length(self._cache, length)
 
     def rollback(self, length: int) -> None:
         if length > self._length or length < 0:
@@ -95,23 +107,37 @@ class StaticEngine(Engine):
         self._set_length(start + off.numel())
 
     # -- masks -----------------------------------------------------------------------
-    def _mask(self, block: torch.Tensor) -> torch.Tensor:
-        """[1, 1, b, max_cache_len] additive mask for a b-token block written at ``length``."""
-        b = block.shape[0]
+    def _causal_block(self, b: int) -> torch.Tensor:
+        if b not in self._causal:
+            self._causal[b] = torch.ones(b, b, dtype=torch.bool, device=self.device).tril_()
+        return self._causal[b]
+
+    def _check_room(self, b: int) -> None:
         if self._length + b > self.max_cache_len:
             raise RuntimeError(
                 f"static cache of {self.max_cache_len} positions is full ({self._length} + {b}); "
                 f"build the engine with a larger max_cache_len"
             )
-        if self._columns is None:
-            self._columns = torch.arange(self.max_cache_len, device=self.device)
-        allowed = (self._columns < self._length).expand(b, -1).clone()
-        allowed[:, self._length : self._length + b] = block
-        mask = torch.zeros(b, self.max_cache_len, dtype=self.dtype, device=self.device)
-        return mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)[None, None]
 
-    def _forward_logits(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask,
+    def _mask(self, block: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
+        """[1, 1, b, max_cache_len] additive mask for a b-token block written at ``length``.
+
+        Pure tensor code (no host values), so it runs inside the compiled graph: column c
+        is visible when c < length (committed), or when it is block column c - length
+        and ``block`` allows it.
+        """
+        b = block.shape[0]
+        rel = self._columns - length  # [max_cache_len]
+        in_block = (rel >= 0) & (rel < b)
+        from_block = block[:, rel.clamp(0, b - 1)] & in_block  # [b, max_cache_len]
+        allowed = (rel < 0) | from_block
+        zero = torch.zeros((), dtype=self.dtype, device=block.device)
+        return torch.where(allowed, zero, torch.finfo(self.dtype).min)[None, None]
+
+    def _forward_logits(
+        self, ids: torch.Tensor, positions: torch.Tensor, block: torch.Tensor, length: torch.Tensor
+    ) -> torch.Tensor:
+        out = self.model(input_ids=ids, position_ids=positions, attention_mask=self._mask(block, length),
                          past_key_values=self._cache, use_cache=True)  # fmt: skip
         return out.logits
 
@@ -125,12 +151,13 @@ class StaticEngine(Engine):
         t = ids.shape[1]
         if t == 0:
             raise ValueError("cannot prefill an empty prompt")
-        causal = torch.ones(t, t, dtype=torch.bool, device=self.device).tril_()
+        self._check_room(t)
         positions = torch.arange(t, device=self.device).unsqueeze(0)
-        out = self.model(input_ids=ids, position_ids=positions, attention_mask=self._mask(causal),
+        mask = self._mask(self._causal_block(t), self._length_t)
+        out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask,
                          past_key_values=self._cache, use_cache=True, logits_to_keep=1)  # fmt: skip
         self.forwards += 1
-        self._set_length(t)
+        self._set_length(t, cache_in_sync=True)
         logits = out.logits[0, -1]
         if self.on_prefill_done is not None:
             self.on_prefill_done()
@@ -146,18 +173,17 @@ class StaticEngine(Engine):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         k = ids.shape[1]
         start = self._length
+        if not ids.is_inference():  # one dispatch-key set for the compiled graph's guards
+            ids = ids.clone()
+        self._check_room(bucket_size(k, self.buckets) if self.buckets else k)
         if positions is None:
-            positions = torch.arange(start, start + k, device=self.device).unsqueeze(0)
-        block = (
-            torch.ones(k, k, dtype=torch.bool, device=self.device).tril_()
-            if tree_mask is None
-            else tree_mask.to(self.device, torch.bool)
-        )
+            positions = (self._columns[:k] + start).unsqueeze(0)
+        block = self._causal_block(k) if tree_mask is None else tree_mask.to(self.device, torch.bool)
         if output_hidden:  # rare path (Medusa): eager, exact width
-            out = self.model(input_ids=ids, position_ids=positions, attention_mask=self._mask(block),
+            out = self.model(input_ids=ids, position_ids=positions, attention_mask=self._mask(block, self._length_t),
                              past_key_values=self._cache, use_cache=True, output_hidden_states=True)  # fmt: skip
             self.forwards += 1
-            self._set_length(start + k)
+            self._set_length(start + k, cache_in_sync=True)
             return out.logits, out.hidden_states[-1]
         b = bucket_size(k, self.buckets) if self.buckets else k
         if b > k:  # pad: extra tokens after the real ones, each attending only to itself
@@ -167,10 +193,9 @@ class StaticEngine(Engine):
             full = torch.eye(b, dtype=torch.bool, device=self.device)
             full[:k, :k] = block
             block = full
-        mask = self._mask(block)
         if self.compile:
             torch.compiler.cudagraph_mark_step_begin()
-        logits = self._decode_forward(ids, positions, mask)
+        logits = self._decode_forward(ids, positions, block, self._length_t)
         self.forwards += 1
-        self._set_length(start + k)
+        self._set_length(start + k, cache_in_sync=(b == k))
         return logits[:, :k].clone() if self.compile else logits[:, :k]

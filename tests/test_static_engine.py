@@ -35,6 +35,7 @@ def model32():
 def test_static_engine_matches_dynamic(model32, spec, pad):
     if not available(spec):
         pytest.skip(f"{spec} not available")
+    static = StaticEngine(model32, max_cache_len=400, pad_to_buckets=pad)  # reused: reset must be complete
     for prompt in prompts(2, seed=4):
         dyn = Engine(model32)
         ref = build_decoder(spec)
@@ -43,7 +44,6 @@ def test_static_engine_matches_dynamic(model32, spec, pad):
 
             ref.prepare(wrap_model(model32))
         expected = ref.generate(dyn, prompt, 24, NO_EOS).tokens
-        static = StaticEngine(model32, max_cache_len=len(prompt) + 24 + 300, pad_to_buckets=pad)
         trace = ref.generate(static, prompt, 24, NO_EOS)
         check_trace(trace, 24, NO_EOS)
         assert trace.tokens == expected
