@@ -74,6 +74,7 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("--allow-code-execution", action="store_true", default=None,
                    help="run model-written code/SQL (sandboxed) to score HumanEval/Spider")  # fmt: skip
     p.add_argument("--log-samples", action="store_true", default=None, help="also store prompt texts")
+    p.add_argument("--judge", help="MT-bench: judge model spec for single-answer grading (1-10)")
     p.add_argument("--exclude-degenerate", action="store_true", default=None,
                    help="also report Jacobi stats without outputs holding >=10 identical tokens in a row")  # fmt: skip
     p.set_defaults(func=cmd_run)
@@ -264,6 +265,56 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------- score / check-decoder
+def add_score_parser(sub: Any) -> None:
+    p = sub.add_parser("score", help="score predictions or rescore a finished run, without loading a model")
+    p.add_argument("run_dir", nargs="?", help="a finished run folder to rescore into a new summary file")
+    p.add_argument("--task", help="task name, with --predictions")
+    p.add_argument("--predictions", help='JSONL of {"id": ..., "completion": ...}')
+    p.add_argument("--data-dir", help="folder with gsm8k/, spider/, mt_bench/ (or $CLLM_BENCH_DATA_DIR)")
+    p.add_argument("--allow-code-execution", action="store_true", help="run model-written code/SQL, sandboxed")
+    p.add_argument("--prompt-style", choices=["auto", "chat", "raw"], default="auto")
+    p.add_argument("--output", help="where to write the scores JSON (default next to the predictions)")
+    p.set_defaults(func=cmd_score)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from cllm_bench.scoring import rescore_run, score_predictions
+    from cllm_bench.tasks.base import TaskOptions
+
+    console = _console()
+    data_dir = args.data_dir or os.environ.get("CLLM_BENCH_DATA_DIR")
+    options = TaskOptions(data_dir=Path(data_dir) if data_dir else None, prompt_style=args.prompt_style,
+                          allow_code_execution=args.allow_code_execution)  # fmt: skip
+    if args.run_dir and (args.task or args.predictions):
+        raise UserError("give either RUN_DIR or --task with --predictions, not both")
+    if args.run_dir:
+        out = rescore_run(Path(args.run_dir), options, console)
+        console.print(f"rescored summary: [bold]{out}[/]")
+        return 0
+    if not (args.task and args.predictions):
+        raise UserError("`cllm-bench score` needs RUN_DIR, or --task NAME --predictions FILE.jsonl")
+    score_predictions(args.task, Path(args.predictions), options, Path(args.output) if args.output else None, console)
+    return 0
+
+
+def add_check_decoder_parser(sub: Any) -> None:
+    p = sub.add_parser("check-decoder", help="run the losslessness + trace battery the built-in decoders pass")
+    p.add_argument("decoder", help="decoder spec, e.g. jacobi:n=4 or a plugin's name")
+    p.set_defaults(func=cmd_check_decoder)
+
+
+def cmd_check_decoder(args: argparse.Namespace) -> int:
+    from cllm_bench.conformance import check_decoder
+
+    return 0 if check_decoder(args.decoder, _console()) else 1
+
+
+def add_include(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--include", action="append",
+                        help="a .py/.toml file or a folder of them registering decoders and tasks (repeatable)")  # fmt: skip
+
+
 # ------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -277,8 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     lst.set_defaults(func=cmd_list)
     add_report_parser(sub)
     add_bench_parser(sub)
+    add_score_parser(sub)
+    add_check_decoder_parser(sub)
     add_train_parser(sub)
     add_models_parser(sub)
+    for name in ("run", "list", "report", "bench", "score", "check-decoder"):
+        add_include(sub.choices[name])
     return parser
 
 
@@ -287,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        if getattr(args, "include", None) or args.command in ("run", "list", "bench", "check-decoder"):
+            from cllm_bench.plugins import load_plugins
+
+            load_plugins(getattr(args, "include", None))  # --include files + installed entry points
         return func(args)
     except UserError as exc:
         Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {exc}", soft_wrap=True)

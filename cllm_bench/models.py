@@ -150,6 +150,9 @@ def resolve_source(spec: str) -> tuple[str, Path | None]:
     """(kind, local path) for a model spec; kind in {"gguf", "local", "hub"}."""
     if spec in ALIASES:
         return "gguf", alias_path(spec)
+    installable = _installable_path(spec)
+    if installable is not None:
+        return "gguf", installable
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
@@ -164,6 +167,20 @@ def resolve_source(spec: str) -> tuple[str, Path | None]:
             f"model {spec!r} is neither a known alias ({', '.join(ALIASES)}), a folder, nor a .gguf file; check the path"
         )
     return "hub", None
+
+
+def _installable_path(spec: str) -> Path | None:
+    """The assembled file of an opt-in alias (``cllm-bench models install NAME``), if ``spec`` is one."""
+    try:
+        from cllm_bench.model_install import INSTALLABLE, installed_model_path
+    except ImportError:
+        return None
+    if spec not in INSTALLABLE:
+        return None
+    path = installed_model_path(spec)
+    if path is None:
+        raise UserError(f"model {spec!r} is not installed; run `cllm-bench models install {spec}` (a large download)")
+    return path
 
 
 def load_model(spec: str = DEFAULT_MODEL, dtype: str = "auto", device: str = "auto", attn: str = "sdpa") -> LoadedModel:

@@ -70,6 +70,8 @@ class RunConfig:
     allow_code_execution: bool = False
     log_samples: bool = False
     exclude_degenerate: bool = False
+    judge: str | None = None
+    judge_max_new_tokens: int = 512
     output_path: str | None = None
 
     def identity(self) -> dict[str, Any]:
@@ -294,14 +296,45 @@ def peak_memory_mb(device: torch.device) -> float | None:
 
 # ------------------------------------------------------------------------- the run
 def build_task(name: str, config: RunConfig) -> Task:
-    cls = TASKS.get(name)
+    """A task instance; ``lm_eval:<task>`` wraps any lm-evaluation-harness generation task."""
     options = TaskOptions(
         data_dir=Path(config.data_dir).expanduser() if config.data_dir else None,
         prompt_style=config.prompt_style,  # type: ignore[arg-type]
         allow_code_execution=config.allow_code_execution,
         extra=dict(config.task_args),
     )
-    return cls(options)
+    if name.startswith("lm_eval:"):
+        from cllm_bench.lm_eval_bridge import make_lm_eval_task
+
+        return make_lm_eval_task(name.split(":", 1)[1], options)
+    return TASKS.get(name)(options)
+
+
+class Judge:
+    """A judge model for MT-bench quality: greedy ``ar`` generation on the judge's chat template.
+
+    Loaded once per run, on first use; its generations are never timed.
+    """
+
+    def __init__(self, spec: str, config: RunConfig) -> None:
+        self.spec = spec
+        self.config = config
+        self._loaded: LoadedModel | None = None
+
+    def __call__(self, messages: list[dict[str, str]]) -> str:
+        from cllm_bench.tasks.base import encode_chat
+
+        if self._loaded is None:
+            self._loaded = load_model(self.spec, dtype=self.config.dtype, device=self.config.device)
+        loaded = self._loaded
+        if getattr(loaded.tokenizer, "chat_template", None):
+            ids = encode_chat(loaded.tokenizer, messages)
+        else:
+            ids = list(loaded.tokenizer("\n\n".join(m["content"] for m in messages))["input_ids"])
+        with torch.inference_mode():
+            trace = build_decoder("ar").generate(Engine(loaded.model), ids, self.config.judge_max_new_tokens,
+                                                 loaded.eos_ids)  # fmt: skip
+        return loaded.tokenizer.decode(trace.tokens, skip_special_tokens=True)
 
 
 def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("results")) -> Path:
@@ -313,8 +346,9 @@ def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("r
     for name, samples in task_samples.items():
         if not samples:
             raise UserError(f"task {name} produced no samples (check --data-dir and --limit)")
-    for spec in config.models:
+    for spec in config.models + ([config.judge] if config.judge else []):
         resolve_source(spec)
+    judge = Judge(config.judge, config) if config.judge else None
     out = resolve_output_dir(config, results_root)
     claim_output_dir(out, config)
     samples_path = out / "samples.jsonl"
@@ -337,7 +371,8 @@ def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("r
                 max_new = config.max_new_tokens or task.default_max_new_tokens
                 ar_tps = None
                 for decoder in decoders:
-                    cell = _run_cell(loaded, task, task_name, samples, decoder, max_new, config, index, log, progress, engine)
+                    cell = _run_cell(loaded, task, task_name, samples, decoder, max_new, config, index, log, progress, engine,
+                                     judge)  # fmt: skip
                     mem = peak_memory_mb(loaded.device)
                     rec = cell_summary(cell, task, decoder, ar_tps, config.exclude_degenerate, mem)
                     if decoder.registered_name == "ar":
@@ -400,6 +435,7 @@ class EngineFor:
 def _run_cell(
     loaded: LoadedModel, task: Task, task_name: str, samples: list[Sample], decoder: Decoder, max_new: int,
     config: RunConfig, index: dict, log: JsonlAppender, progress: Progress, engine: EngineFor,
+    judge: Judge | None = None,
 ) -> list[dict[str, Any]]:
     """All samples of one model x task x decoder: warm-up, timed repeats, scoring, logging."""
     model = loaded.spec
@@ -425,7 +461,10 @@ def _run_cell(
             prompts.append(ids)
             gens.append(gen)
             completions.append(tok.decode(gen.trace.tokens, skip_special_tokens=True))
-        score = task.score(sample, completions)
+        if judge is not None and hasattr(task, "score_with_judge"):
+            score = task.score_with_judge(sample, completions, judge, task.judge_config(judge.spec))
+        else:
+            score = task.score(sample, completions)
         log_prompts = [tok.decode(p) for p in prompts] if config.log_samples else None
         rec = sample_record(model, decoder, task_name, sample, prompts, gens, completions, score, ar_rec, log_prompts)
         if decoder.registered_name == "ar":
