@@ -41,14 +41,14 @@ import torch
 from cllm_bench.errors import DataError, UserError
 
 SOURCE_NAMES = ("gsm8k", "spider", "humaneval-style", "mt-bench-style")
+from cllm_bench.tasks.gsm8k import ZEROSHOT_INSTRUCTION  # noqa: E402
+
 TRAJECTORY_FILE = "trajectories.jsonl"
 MANIFEST_FILE = "manifest.json"
 STATE_DIR = "training_state"
 
-GSM8K_CHAT = (
-    "Solve the following math problem step by step. End your answer with a final line of the form "
-    "'#### N' where N is the final number.\n\nQuestion: {question}"
-)
+# the evaluation task's own zero-shot prompt, so a CLLM is trained on the prompts it is measured on
+GSM8K_CHAT = ZEROSHOT_INSTRUCTION.replace("{", "{{").replace("}", "}}") + "\n\n{question}"
 GSM8K_RAW = "Question:\n{question}\nAnswer:\nLet's think step by step.\n"
 SPIDER_INSTRUCTION = (
     "Could you translate the following question into SQL. Please only generate SQL, don't include "

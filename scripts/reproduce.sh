@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Reproduce the CLLM pipeline on GSM8K with cllm-bench's own commands:
+#   trajectories (base model) -> train cllm -> train medusa -> train draft -> train sft
+#   -> cllm-bench run (ar, jacobi, cllm, cllm+lookahead, lookahead, speculative, medusa, hf)
+#   -> cllm-bench report  -> results/reproduce-gsm8k/
+#
+# Usage: TASK=gsm8k|spider scripts/reproduce.sh [MODEL]   (default: smollm2-135m, the embedded model)
+# (scripts/reproduce_gsm8k.sh and scripts/reproduce_spider.sh set TASK)
+# Sizes (environment): N_TRAIN prompts for trajectories/training (default 5000 on GPU, 120 on CPU),
+# N_EVAL test questions (default 500 / 12), MAX_NEW tokens per answer (256 / 96), N block size (16),
+# CLLM_STEPS optimiser updates for `train cllm` (all / 240), CLLM_LR (2e-5 / 1e-4), DATA (../shared/data),
+# WORK (runs/reproduce-gsm8k: checkpoints, never committed), RESULTS (results/reproduce-gsm8k).
+set -euo pipefail
+TASK=${TASK:-gsm8k}
+MODEL=${1:-smollm2-135m}
+DATA=${DATA:-../shared/data}
+WORK=${WORK:-runs/reproduce-$TASK}
+RESULTS=${RESULTS:-results/reproduce-$TASK}
+if python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  GPU=1; : "${N_TRAIN:=5000}" "${N_EVAL:=500}" "${MAX_NEW:=256}" "${CLLM_LR:=2e-5}" "${CLLM_STEPS:=0}" "${BATCH:=32}"
+else
+  GPU=0; : "${N_TRAIN:=120}" "${N_EVAL:=12}" "${MAX_NEW:=96}" "${CLLM_LR:=1e-4}" "${CLLM_STEPS:=240}" "${BATCH:=1}"
+fi
+N=${N:-16}
+mkdir -p "$WORK" "$RESULTS"
+LOG="$RESULTS/commands.md"
+{
+  echo "# Reproduction log ($TASK)"
+  echo
+  echo "model: $MODEL; GPU: $GPU; train prompts: $N_TRAIN; eval questions: $N_EVAL; max new tokens: $MAX_NEW;"
+  echo "block size n: $N; cllm lr: $CLLM_LR; cllm max steps: ${CLLM_STEPS} (0 = one full epoch); started $(date -u +%FT%TZ)"
+  echo
+  echo "| step | command | wall time (s) |"
+  echo "| --- | --- | ---: |"
+} > "$LOG"
+
+step() {  # step NAME COMMAND... : run, time, log
+  local name=$1; shift
+  local t0=$SECONDS
+  echo ">>> $name: $*"
+  "$@"
+  echo "| $name | \`$*\` | $((SECONDS - t0)) |" >> "$LOG"
+}
+
+STEPS_FLAG=(); [ "$CLLM_STEPS" != "0" ] && STEPS_FLAG=(--max-steps "$CLLM_STEPS")
+CPU_FLAG=(); [ "$GPU" = "0" ] && CPU_FLAG=(--cpu)
+
+step trajectories cllm-bench train trajectories --model "$MODEL" --prompts "$TASK" --data-dir "$DATA" \
+  --n "$N" --max-new-tokens "$MAX_NEW" --limit "$N_TRAIN" --batch-size "$BATCH" --out "$WORK/traj" "${CPU_FLAG[@]}"
+step cllm cllm-bench train cllm --model "$MODEL" --trajectories "$WORK/traj" --out "$WORK/cllm" \
+  --lr "$CLLM_LR" --use-gt-labels "${STEPS_FLAG[@]}" "${CPU_FLAG[@]}"
+step medusa cllm-bench train medusa --model "$MODEL" --data "$WORK/traj" --heads 4 --out "$WORK/medusa" \
+  "${CPU_FLAG[@]}"
+step draft cllm-bench train draft --model "$MODEL" --draft-init self:layers=6 --data "$WORK/traj" \
+  --out "$WORK/draft" "${CPU_FLAG[@]}"
+step sft cllm-bench train sft --model "$MODEL" --data "$TASK" --data-dir "$DATA" --limit "$N_TRAIN" \
+  --out "$WORK/sft" "${STEPS_FLAG[@]}" "${CPU_FLAG[@]}"
+
+EXEC=(); [ "$TASK" != "gsm8k" ] && EXEC=(--allow-code-execution)  # Spider/HumanEval scoring runs SQL/code
+COMMON=("${EXEC[@]}" --tasks "$TASK" --data-dir "$DATA" --limit "$N_EVAL" --max-new-tokens "$MAX_NEW" --repeats 1 --warmup 1)
+step run-base cllm-bench run --models "$MODEL" --output-path "$WORK/run-base" "${COMMON[@]}" \
+  --decoders "ar;jacobi:n=$N;lookahead;prompt_lookup;speculative:draft=$WORK/draft,k=4;medusa:heads=$WORK/medusa;hf"
+step run-cllm cllm-bench run --models "$WORK/cllm" --output-path "$WORK/run-cllm" "${COMMON[@]}" \
+  --decoders "ar;cllm:n=$N;cllm:n=$N,lookahead=true;jacobi:n=$N"
+step run-sft cllm-bench run --models "$WORK/sft" --output-path "$WORK/run-sft" "${COMMON[@]}" --decoders "ar"
+step report cllm-bench report "$WORK/run-base" "$WORK/run-cllm" "$WORK/run-sft" --output "$RESULTS"
+
+for r in base cllm sft; do cp "$WORK/run-$r/summary.json" "$RESULTS/summary-$r.json"; done
+for m in traj cllm medusa draft sft; do
+  [ -f "$WORK/$m/manifest.json" ] && cp "$WORK/$m/manifest.json" "$RESULTS/manifest-$m.json"
+done
+echo "finished $(date -u +%FT%TZ)" >> "$LOG"
