@@ -47,22 +47,44 @@ def read_jsonl_repairing(path: Path) -> list[dict[str, Any]]:
     """All complete records of ``path``. Every record is written as one ``line + "\\n"``, so
     text after the last newline is a partial write from a crash: it is cut off the file.
     A corrupt complete line is an error naming the line."""
+    records = read_complete_jsonl(path)
+    if path.exists():
+        size = path.stat().st_size
+        complete = path.read_bytes().rfind(b"\n") + 1
+        if complete < size:
+            with open(path, "r+b") as fh:
+                fh.truncate(complete)
+    return records
+
+
+def read_complete_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Like :func:`read_jsonl_repairing` but read-only: a partial last line is ignored, not cut
+    (for logs another process owns)."""
     if not path.exists():
         return []
     raw = path.read_bytes()
-    complete = raw[: raw.rfind(b"\n") + 1]
-    records: list[dict[str, Any]] = []
-    for number, line in enumerate(complete.split(b"\n")[:-1], start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise UserError(f"{path} line {number} is corrupt; delete that line (or the run folder) and rerun") from None
-    if len(complete) < len(raw):
-        with open(path, "r+b") as fh:
-            fh.truncate(len(complete))
-    return records
+    out = []
+    for number, line in enumerate(raw[: raw.rfind(b"\n") + 1].split(b"\n")[:-1], start=1):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UserError(f"{path} line {number} is corrupt; delete that line (or the run folder) and rerun") from None
+    return out
+
+
+def write_jsonl_atomic(path: Path, records: list[dict[str, Any]]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for record in records:
+                fh.write(json.dumps(record, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class JsonlAppender:

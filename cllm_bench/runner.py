@@ -37,7 +37,15 @@ from cllm_bench.errors import UserError
 from cllm_bench.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_source
 from cllm_bench.provenance import now_iso, provenance
 from cllm_bench.registry import TASKS
-from cllm_bench.results_io import JsonlAppender, read_json, read_jsonl_repairing, write_json_atomic
+from cllm_bench.distributed import ProcessGroup
+from cllm_bench.results_io import (
+    JsonlAppender,
+    read_complete_jsonl,
+    read_json,
+    read_jsonl_repairing,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 from cllm_bench.tasks.base import Sample, Task, TaskOptions
 from cllm_bench.timing import Stopwatch
 from cllm_bench.trace import Trace, check_trace
@@ -338,7 +346,12 @@ class Judge:
 
 
 def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("results")) -> Path:
-    """Run the whole matrix; returns the run folder (holding the result files)."""
+    """Run the whole matrix; returns the run folder (holding the result files).
+
+    Under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1) every process runs its
+    shard of each task's samples and process 0 merges the logs and writes the summary.
+    """
+    group = ProcessGroup.from_env()
     # validate everything a user can get wrong before anything is written
     decoders = decoder_order(config.decoders)
     tasks = {name: build_task(name, config) for name in config.tasks}
@@ -349,44 +362,100 @@ def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("r
     for spec in config.models + ([config.judge] if config.judge else []):
         resolve_source(spec)
     judge = Judge(config.judge, config) if config.judge else None
+    if group.world > 1 and not config.output_path:
+        raise UserError("several processes need one run folder: pass --output-path")
     out = resolve_output_dir(config, results_root)
-    claim_output_dir(out, config)
-    samples_path = out / "samples.jsonl"
-    done = read_jsonl_repairing(samples_path)
-    if done:
+    if group.is_main:
+        claim_output_dir(out, config)
+        done = read_jsonl_repairing(out / "samples.jsonl")
+    group.barrier()
+    if not group.is_main:
+        claim_output_dir(out, config)  # the folder exists now: only checks the arguments
+        done = read_complete_jsonl(out / "samples.jsonl")
+    log_path = out / ("samples.jsonl" if group.world == 1 else f"samples.rank{group.rank}.jsonl")
+    done += [r for p in sorted(out.glob("samples.rank*.jsonl")) if p != log_path for r in read_complete_jsonl(p)]
+    done += read_jsonl_repairing(log_path) if group.world > 1 else []
+    if done and group.is_main:
         console.print(f"[yellow]resuming[/] {out}: {len(done)} finished samples kept")
     index = {(r["model"], r["decoder"], r["task"], r["sample_id"]): r for r in done}
     start = now_iso()
     torch.manual_seed(config.seed)
-    summary: list[dict[str, Any]] = []
+    memory: dict[tuple[str, str, str], float | None] = {}
     device = None
-    with JsonlAppender(samples_path) as log, _progress(console) as progress:
+    progress_console = console if group.is_main else Console(quiet=True)
+    with JsonlAppender(log_path) as log, _progress(progress_console) as progress:
         for model_spec in config.models:
             console.print(f"loading model [bold]{model_spec}[/] ...")
-            loaded = load_model(model_spec, dtype=config.dtype, device=config.device)
+            loaded = load_model(model_spec, dtype=config.dtype, device=group.device(config.device))
             device = loaded.device
             engine = EngineFor(loaded.model, config)  # shared by all cells: compiled graphs are reused
             for task_name, task in tasks.items():
-                samples = task_samples[task_name]
+                shard = group.shard(task_samples[task_name])
                 max_new = config.max_new_tokens or task.default_max_new_tokens
-                ar_tps = None
                 for decoder in decoders:
-                    cell = _run_cell(loaded, task, task_name, samples, decoder, max_new, config, index, log, progress, engine,
-                                     judge)  # fmt: skip
-                    mem = peak_memory_mb(loaded.device)
-                    rec = cell_summary(cell, task, decoder, ar_tps, config.exclude_degenerate, mem)
-                    if decoder.registered_name == "ar":
-                        ar_tps = rec["tokens_per_s"]
-                        rec["speedup"] = 1.0
-                    summary.append(rec)
-                    write_json_atomic(out / "summary.json", _summary_doc(config, device, start, summary, final=False))
+                    _run_cell(loaded, task, task_name, shard, decoder, max_new, config, index, log, progress, engine,
+                              judge)  # fmt: skip
+                    memory[(model_spec, decoder.label, task_name)] = peak_memory_mb(loaded.device)
+                    if group.world == 1:  # a live summary while a single process runs
+                        results = summarize(config, decoders, tasks, task_samples, index, memory)
+                        write_json_atomic(out / "summary.json", _summary_doc(config, device, start, results, False))
             del loaded, engine
     assert device is not None
-    write_json_atomic(out / "summary.json", _summary_doc(config, device, start, summary, final=True))
-    cfg = read_json(out / "run_config.json", "run config")
-    cfg["finished"] = True
-    write_json_atomic(out / "run_config.json", cfg)
+    group.barrier()
+    if group.is_main:
+        if group.world > 1:
+            index = merge_rank_logs(out, config, decoders, task_samples)
+        results = summarize(config, decoders, tasks, task_samples, index, memory)
+        write_json_atomic(out / "summary.json", _summary_doc(config, device, start, results, final=True))
+        cfg = read_json(out / "run_config.json", "run config")
+        cfg["finished"] = True
+        write_json_atomic(out / "run_config.json", cfg)
+    group.barrier()
     return out
+
+
+def ordered_keys(config: RunConfig, decoders: list[Decoder], task_samples: dict[str, list[Sample]]):
+    """Every (model, decoder, task, sample id) of the matrix, in single-process order."""
+    for model in config.models:
+        for task_name, samples in task_samples.items():
+            for decoder in decoders:
+                for sample in samples:
+                    yield (model, decoder.label, task_name, sample.id)
+
+
+def summarize(config: RunConfig, decoders: list[Decoder], tasks: dict[str, Task],
+              task_samples: dict[str, list[Sample]], index: dict, memory: dict) -> list[dict[str, Any]]:  # fmt: skip
+    """One summary record per finished (model, decoder, task) cell, ``ar`` first per model x task."""
+    results = []
+    for model in config.models:
+        for task_name, samples in task_samples.items():
+            ar_tps = None
+            for decoder in decoders:
+                records = [index.get((model, decoder.label, task_name, s.id)) for s in samples]
+                if any(r is None for r in records):
+                    continue
+                mem = memory.get((model, decoder.label, task_name))
+                rec = cell_summary(records, tasks[task_name], decoder, ar_tps, config.exclude_degenerate, mem)
+                if decoder.registered_name == "ar":
+                    ar_tps = rec["tokens_per_s"]
+                    rec["speedup"] = 1.0
+                results.append(rec)
+    return results
+
+
+def merge_rank_logs(out: Path, config: RunConfig, decoders: list[Decoder], task_samples: dict) -> dict:
+    """Process 0: fold every ``samples.rank<R>.jsonl`` into ``samples.jsonl`` (single-process
+    order, written atomically), then remove the rank logs."""
+    records = read_complete_jsonl(out / "samples.jsonl")
+    rank_logs = sorted(out.glob("samples.rank*.jsonl"))
+    for path in rank_logs:
+        records += read_complete_jsonl(path)
+    index = {(r["model"], r["decoder"], r["task"], r["sample_id"]): r for r in records}
+    merged = [index[k] for k in ordered_keys(config, decoders, task_samples) if k in index]
+    write_jsonl_atomic(out / "samples.jsonl", merged)
+    for path in rank_logs:
+        path.unlink()
+    return index
 
 
 def _summary_doc(config: RunConfig, device: torch.device, start: str, results: list[dict], final: bool) -> dict:
