@@ -74,16 +74,21 @@ class Engine:
         """[1, len(ids)] long tensor on the model's device."""
         return torch.tensor([ids], dtype=torch.long, device=self.device)
 
-    # -- forwards --------------------------------------------------------------------
-    @torch.inference_mode()
-    def prefill(self, prompt_ids: list[int] | torch.Tensor) -> torch.Tensor:
-        """Run the prompt into a fresh cache. Returns logits of the last position, shape [V]."""
-        self.reset()
+    def prompt_tensor(self, prompt_ids: list[int] | torch.Tensor) -> torch.Tensor:
+        """The prompt as a [1, T] long tensor on the device (T >= 1)."""
         ids = prompt_ids if isinstance(prompt_ids, torch.Tensor) else self.ids_tensor(list(prompt_ids))
         if ids.ndim == 1:
             ids = ids.unsqueeze(0)
         if ids.shape[1] == 0:
             raise ValueError("cannot prefill an empty prompt")
+        return ids
+
+    # -- forwards --------------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, prompt_ids: list[int] | torch.Tensor) -> torch.Tensor:
+        """Run the prompt into a fresh cache. Returns logits of the last position, shape [V]."""
+        self.reset()
+        ids = self.prompt_tensor(prompt_ids)
         out = self.model(input_ids=ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
         self.forwards += 1
         logits = out.logits[0, -1]

@@ -145,12 +145,8 @@ class StaticEngine(Engine):
     @torch.inference_mode()
     def prefill(self, prompt_ids: list[int] | torch.Tensor) -> torch.Tensor:
         self.reset()
-        ids = prompt_ids if isinstance(prompt_ids, torch.Tensor) else self.ids_tensor(list(prompt_ids))
-        if ids.ndim == 1:
-            ids = ids.unsqueeze(0)
+        ids = self.prompt_tensor(prompt_ids)
         t = ids.shape[1]
-        if t == 0:
-            raise ValueError("cannot prefill an empty prompt")
         self._check_room(t)
         positions = torch.arange(t, device=self.device).unsqueeze(0)
         mask = self._mask(self._causal_block(t), self._length_t)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -108,3 +109,20 @@ def tiny_model_dir(tmp_path_factory):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+class FakeTokenizer:
+    """Character-level stand-in: ids are code points, chat turns rendered as <|role|>."""
+
+    def __init__(self, chat: bool) -> None:
+        self.chat_template = "fake" if chat else None
+
+    def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool = False, add_generation_prompt: bool = True) -> str:
+        return "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages) + "<|assistant|>"
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, Any]:
+        return {"input_ids": [ord(c) for c in text]}
+
+
+def decode(ids: list[int]) -> str:
+    return "".join(map(chr, ids))

@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 
+from conftest import FakeTokenizer, decode
+
 from cllm_bench.registry import TASKS
 from cllm_bench.tasks.base import Sample, TaskOptions
 from cllm_bench.tasks.data_files import cut_at_first, fenced_blocks
@@ -18,23 +20,6 @@ from cllm_bench.tasks.humaneval import (
     keep_definitions,
     prompt_header,
 )
-
-
-class FakeTokenizer:
-    """Character-level stand-in: ids are code points, chat turns rendered as <|role|>."""
-
-    def __init__(self, chat: bool) -> None:
-        self.chat_template = "fake" if chat else None
-
-    def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool = False, add_generation_prompt: bool = True) -> str:
-        return "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages) + "<|assistant|>"
-
-    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, Any]:
-        return {"input_ids": [ord(c) for c in text]}
-
-
-def decode(ids: list[int]) -> str:
-    return "".join(map(chr, ids))
 
 
 PROMPT = 'from typing import List\n\n\ndef add(a: int, b: int) -> int:\n    """Return a + b."""\n'

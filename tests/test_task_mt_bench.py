@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from conftest import FakeTokenizer, decode
+
 from cllm_bench.errors import DataError
 from cllm_bench.registry import TASKS
 from cllm_bench.tasks.base import Sample, TaskOptions
@@ -25,23 +27,6 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared_data = pytest.mark.skipif(
     not (SHARED_DATA / "mt_bench" / "question.jsonl").is_file(), reason=f"shared data not found at {SHARED_DATA}"
 )
-
-
-class FakeTokenizer:
-    """Character-level stand-in: ids are code points, chat turns rendered as <|role|>."""
-
-    def __init__(self, chat: bool) -> None:
-        self.chat_template = "fake" if chat else None
-
-    def apply_chat_template(self, messages: list[dict[str, str]], tokenize: bool = False, add_generation_prompt: bool = True) -> str:
-        return "".join(f"<|{m['role']}|>{m['content']}\n" for m in messages) + "<|assistant|>"
-
-    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, Any]:
-        return {"input_ids": [ord(c) for c in text]}
-
-
-def decode(ids: list[int]) -> str:
-    return "".join(map(chr, ids))
 
 
 JUDGE_PROMPTS = [
