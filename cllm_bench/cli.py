@@ -187,9 +187,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     from cllm_bench.report import run_report
 
     console = _console()
-    out = run_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
-                     split_list(args.format), console)  # fmt: skip
-    console.print(f"report written to [bold]{out}[/]")
+    run_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
+               split_list(args.format), console)  # fmt: skip  (run_report prints where it wrote)
     return 0
 
 
