@@ -90,11 +90,14 @@ class Engine:
         self.reset()
         ids = self.prompt_tensor(prompt_ids)
         out = self.model(input_ids=ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
+        return self._prefill_done(out.logits)
+
+    def _prefill_done(self, logits: torch.Tensor) -> torch.Tensor:
+        """Count the prefill forward, signal the runner's clock, return last-position logits [V]."""
         self.forwards += 1
-        logits = out.logits[0, -1]
         if self.on_prefill_done is not None:
             self.on_prefill_done()
-        return logits
+        return logits[0, -1]
 
     @torch.inference_mode()
     def forward(

@@ -152,12 +152,8 @@ class StaticEngine(Engine):
         mask = self._mask(self._causal_block(t), self._length_t)
         out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask,
                          past_key_values=self._cache, use_cache=True, logits_to_keep=1)  # fmt: skip
-        self.forwards += 1
         self._set_length(t, cache_in_sync=True)
-        logits = out.logits[0, -1]
-        if self.on_prefill_done is not None:
-            self.on_prefill_done()
-        return logits
+        return self._prefill_done(out.logits)
 
     @torch.inference_mode()
     def forward(

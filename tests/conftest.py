@@ -19,50 +19,41 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 VOCAB = 96
 
 
+#: the shape every tiny test model shares (EOS 2, pad 0)
+TINY_DIMS = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    eos_token_id=2,
+    pad_token_id=0,
+    attn_implementation="sdpa",
+)
+
+
+def _ready(model, dtype: torch.dtype):
+    model = model.to(dtype).eval()
+    model.generation_config.eos_token_id = 2
+    model.generation_config.pad_token_id = 0
+    return model
+
+
 def tiny_llama(seed: int = 0, dtype: torch.dtype = torch.float64, layers: int = 2, vocab: int = VOCAB):
     """A 2-layer random Llama, deterministic for a seed. EOS id 2."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        eos_token_id=2,
-        bos_token_id=1,
-        pad_token_id=0,
-        attn_implementation="sdpa",
-    )
-    model = LlamaForCausalLM(config).to(dtype).eval()
-    model.generation_config.eos_token_id = 2
-    model.generation_config.pad_token_id = 0
-    return model
+    config = LlamaConfig(vocab_size=vocab, num_hidden_layers=layers, bos_token_id=1, **TINY_DIMS)
+    return _ready(LlamaForCausalLM(config), dtype)
 
 
 def tiny_qwen2(seed: int = 0, dtype: torch.dtype = torch.float64):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        eos_token_id=2,
-        pad_token_id=0,
-        attn_implementation="sdpa",
-    )
-    model = Qwen2ForCausalLM(config).to(dtype).eval()
-    model.generation_config.eos_token_id = 2
-    model.generation_config.pad_token_id = 0
-    return model
+    config = Qwen2Config(vocab_size=VOCAB, num_hidden_layers=2, **TINY_DIMS)
+    return _ready(Qwen2ForCausalLM(config), dtype)
 
 
 def prompts(n: int = 3, seed: int = 0, length: int = 12) -> list[list[int]]:
