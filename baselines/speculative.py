@@ -40,7 +40,8 @@ import torch
 from torch import nn
 
 from cllm_bench.baselines.ngram_pool import chain_accept
-from cllm_bench.decoders.base import Decoder, OutputBuffer
+from cllm_bench.batch_engine import BatchEngine, pad_batch
+from cllm_bench.decoders.base import Decoder, OutputBuffer, new_outputs
 from cllm_bench.engine import Engine
 from cllm_bench.errors import UserError
 from cllm_bench.registry import register_decoder
@@ -203,6 +204,29 @@ def propose(
     return tokens, dists
 
 
+def propose_batch(draft: BatchEngine, pending: list[list[int]], ks: list[int]) -> list[list[int]]:
+    """Greedy :func:`propose` for a batch: row b gets ``ks[b]`` draft tokens (0 = the row
+    sits out), in ``max(ks)`` batched draft forwards; row b takes part in the first ``ks[b]``.
+
+    The first forward carries each row's ``pending`` (right-padded), later ones one token.
+    Row b's draft cache grows by ``len(pending[b]) + ks[b] - 1``, as with :func:`propose`.
+    """
+    tokens: list[list[int]] = [[] for _ in pending]
+    feeds = [list(p) if k > 0 else [] for p, k in zip(pending, ks)]
+    rows = torch.arange(len(pending), device=draft.device)
+    for i in range(max(ks, default=0)):
+        counts = [len(f) for f in feeds]
+        ids, _ = pad_batch(feeds, draft.pad_id)
+        logits = draft.forward(ids, counts)
+        last = (torch.tensor(counts, device=draft.device) - 1).clamp(min=0)
+        picks = logits[rows, last].argmax(dim=-1).tolist()  # [B]: token after each row's last real column
+        for b, count in enumerate(counts):
+            if count:
+                tokens[b].append(picks[b])
+        feeds = [[tokens[b][-1]] if i + 1 < ks[b] else [] for b in range(len(pending))]
+    return tokens
+
+
 def score(target: Engine, x: int, draft_tokens: list[int]) -> torch.Tensor:
     """One target forward over ``[x, d_1..d_k]``; returns logits [k+1, V] (row i follows x, d_1..d_i)."""
     return target.forward(target.ids_tensor([x] + draft_tokens))[0]
@@ -260,6 +284,7 @@ class SpeculativeDecoder(Decoder):
     seed: int = 0
 
     description = "speculative decoding with a draft model (proposer/scorer/verifier; lossless when greedy)"
+    supports_batch = True
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -270,7 +295,7 @@ class SpeculativeDecoder(Decoder):
         self.lossless = self.temperature == 0  # type: ignore[misc]  # instance value shadows the ClassVar
         self._draft_model: Any = None
         self._draft_for: Any = None  # the target model the draft was built for
-        self._draft_engine: Engine | None = None
+        self._draft_engine: Engine | BatchEngine | None = None
         self._draft_engine_for: tuple[Any, Any] = (None, None)  # (target engine, draft model)
 
     def prepare(self, target: Any) -> None:
@@ -300,6 +325,69 @@ class SpeculativeDecoder(Decoder):
             self._draft_engine = companion_engine(engine, model)
             self._draft_engine_for = (engine, model)
         return self._draft_engine
+
+    def batch_draft_engine(self, engine: BatchEngine) -> BatchEngine:
+        """The draft's :class:`BatchEngine` for the target's (own cache, same padding token)."""
+        model = self.draft_model(engine.model)
+        target, built_for = self._draft_engine_for
+        if not isinstance(self._draft_engine, BatchEngine) or target is not engine or built_for is not model:
+            self._draft_engine = BatchEngine(model, pad_id=engine.pad_id)
+            self._draft_engine_for = (engine, model)
+        return self._draft_engine
+
+    def generate_batch(
+        self, engine: BatchEngine, prompts: list[list[int]], max_new_tokens: int, eos_ids: frozenset[int]
+    ) -> list[Trace]:
+        """Greedy speculative decoding of a batch: every round, each unfinished row proposes
+        its own k draft tokens (batched draft forwards), one batched target forward scores
+        all rows, and each row keeps its own accepted prefix (per-row acceptance lengths,
+        per-row rollback of both caches). Each row's trace equals :meth:`generate`'s."""
+        if self.temperature > 0:
+            raise UserError(f"{self.label}: the batched path is greedy only; use temperature=0 at batch size > 1")
+        traces, outs = new_outputs(prompts, max_new_tokens, eos_ids)
+        draft = self.batch_draft_engine(engine)
+        firsts = engine.prefill(prompts).argmax(dim=-1).tolist()
+        draft.prefill(prompts)
+        for b, x in enumerate(firsts):
+            traces[b].record("prefill", fed=len(prompts[b]), accepted=outs[b].accept([x]))
+            if not outs[b].done:
+                traces[b].record("draft", fed=len(prompts[b]), accepted=0, prefill=True)
+        pending = [[x] for x in firsts]  # per row: accepted tokens not in the draft cache (the last is x)
+        while not all(o.done for o in outs):
+            pending = self.step_batch(engine, draft, traces, outs, pending)
+        return [o.finish(t) for o, t in zip(outs, traces)]
+
+    def step_batch(
+        self, target: BatchEngine, draft: BatchEngine, traces: list[Trace], outs: list[OutputBuffer],
+        pending: list[list[int]],
+    ) -> list[list[int]]:  # fmt: skip
+        """:meth:`step` for every unfinished row at once; finished rows sit out (count 0)."""
+        active = [not o.done for o in outs]
+        ks = [min(self.k, o.remaining - 1) if a else 0 for o, a in zip(outs, active)]
+        target_keep, draft_keep = target.lengths.tolist(), draft.lengths.tolist()  # before this step
+        proposals = propose_batch(draft, pending, ks)
+        feeds = [[p[-1]] + d if a else [] for p, d, a in zip(pending, proposals, active)]
+        ids, _ = pad_batch(feeds, target.pad_id)
+        predicted = target.forward(ids, [len(f) for f in feeds]).argmax(dim=-1).tolist()
+        new_pending = list(pending)
+        for b, k in enumerate(ks):
+            if not active[b]:
+                continue
+            for i in range(k):
+                traces[b].record("draft", fed=len(pending[b]) if i == 0 else 1, accepted=0)
+            accepted = chain_accept(proposals[b], predicted[b][: k + 1])
+            m = len(accepted) - 1
+            target_keep[b] += 1 + m  # the row fed x, d_1..d_k: keep x, d_1..d_m
+            taken = outs[b].accept(accepted)
+            traces[b].record("target", fed=k + 1, accepted=taken, proposed=k, draft_accepted=m)
+            if k == 0:
+                new_pending[b] = pending[b] + accepted
+                continue
+            draft_keep[b] += len(pending[b]) + min(m, k - 1)  # it fed pending + d_1..d_k-1: keep pending + d_1..d_min(m, k-1)
+            new_pending[b] = proposals[b][k - 1 : k] + accepted[-1:] if m == k else accepted[-1:]
+        target.truncate(target_keep)
+        draft.truncate(draft_keep)
+        return new_pending
 
     def generate(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         trace = Trace(prompt_len=len(prompt_ids))

@@ -25,8 +25,10 @@ from rich.console import Console
 from rich.table import Table
 
 from cllm_bench import metrics
-from cllm_bench.decoders.base import Decoder, build_decoder
+from cllm_bench.decoders.base import Decoder, batched_decoder_names, build_decoder
+from cllm_bench.batch_engine import BatchEngine
 from cllm_bench.engine import Engine
+from cllm_bench.errors import UserError
 from cllm_bench.models import DEFAULT_MODEL, LoadedModel, load_model
 from cllm_bench.provenance import now_iso, provenance
 from cllm_bench.results_io import write_json_atomic
@@ -42,6 +44,10 @@ BENCH_PROMPTS = [
     "Explain how a hash map works and implement one in Python with open addressing.",
     "A train leaves at 3pm at 60 mph and another at 4pm at 80 mph from the same station. When does the second catch up? Think step by step.",
     "Write a SQL query that lists the five customers with the highest total order value, then explain it.",
+    "Summarise the causes of the French Revolution in five bullet points.",
+    "Write a bash script that finds the ten largest files under a directory.",
+    "A shop sells pens at 3 for $2. How much do 18 pens cost? Explain your reasoning.",
+    "Describe the difference between a process and a thread, with an example in C.",
 ]  # fmt: skip
 
 
@@ -60,6 +66,15 @@ class BenchConfig:
     hf_compiled: str = "auto"  # auto (CUDA only) | on | off
     stop_at_eos: bool = False
     output_path: str = "results"
+    batch_size: int = 1  # > 1: each pass decodes batch_size prompts together (left padding)
+
+
+def bench_texts(cfg: BenchConfig) -> list[str]:
+    """The prompts of one pass: ``num_prompts`` of :data:`BENCH_PROMPTS` at batch 1; at batch B,
+    B prompts cycling through all of them (distinct up to B = len(BENCH_PROMPTS))."""
+    if cfg.batch_size > 1:
+        return [BENCH_PROMPTS[i % len(BENCH_PROMPTS)] for i in range(cfg.batch_size)]
+    return BENCH_PROMPTS[: max(1, cfg.num_prompts)]
 
 
 def peak_bandwidth(device: torch.device) -> float | None:
@@ -72,19 +87,31 @@ def peak_bandwidth(device: torch.device) -> float | None:
     return None
 
 
-def bytes_per_forward(model: Any, context_len: float) -> float:
-    """Weight bytes + KV bytes attended for one forward at ``context_len`` cached positions."""
+def bytes_per_forward(model: Any, context_len: float, batch: int = 1) -> float:
+    """Weight bytes + KV bytes attended for one forward of ``batch`` rows at ``context_len``
+    cached positions each (weights are read once per forward whatever the batch)."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     cfg = model.config
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     elem = next(model.parameters()).element_size()
     kv = 2 * cfg.num_hidden_layers * heads * head_dim * elem * context_len
-    return weights + kv
+    return weights + kv * batch
 
 
 def resolve_engine(cfg: BenchConfig | Any, device: torch.device) -> tuple[str, bool]:
-    """(engine kind, compile) from "auto" settings: static + compiled on CUDA, dynamic eager on CPU."""
+    """(engine kind, compile) from "auto" settings: static + compiled on CUDA, dynamic eager on CPU.
+
+    Batch > 1 always runs on the eager batched engine ("batched"); asking for the static
+    or compiled engine with it is an error.
+    """
+    if getattr(cfg, "batch_size", 1) > 1:
+        if cfg.engine == "static" or cfg.compile == "on":
+            raise UserError(
+                "the static/compiled engine runs batch size 1 only; at --batch-size > 1 use --engine auto "
+                "(the eager batched engine) and --compile auto/off"
+            )
+        return "batched", False
     kind = cfg.engine if cfg.engine != "auto" else ("static" if device.type == "cuda" else "dynamic")
     comp = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
     if comp and kind == "dynamic":
@@ -92,7 +119,9 @@ def resolve_engine(cfg: BenchConfig | Any, device: torch.device) -> tuple[str, b
     return kind, comp
 
 
-def make_engine(model: Any, kind: str, compile: bool, max_cache_len: int) -> Engine:
+def make_engine(model: Any, kind: str, compile: bool, max_cache_len: int, pad_id: int = 0) -> Engine | BatchEngine:
+    if kind == "batched":
+        return BatchEngine(model, pad_id=pad_id)
     if kind == "static":
         return StaticEngine(model, max_cache_len=max_cache_len, compile=compile)
     return Engine(model)
@@ -120,32 +149,38 @@ class Measurement:
         return 1000 * self.median_s / self.forwards if self.forwards else float("nan")
 
 
-def measure(name: str, decoder: Decoder, engine: Engine, prompts: list[list[int]], cfg: BenchConfig,
+def measure(name: str, decoder: Decoder, engine: Engine | BatchEngine, prompts: list[list[int]], cfg: BenchConfig,
             eos: frozenset[int]) -> Measurement:  # fmt: skip
     """Warm up (untimed, includes compilation), then time ``repeats`` passes over all prompts."""
     with torch.inference_mode():
         return _measure(name, decoder, engine, prompts, cfg, eos)
 
 
-def _measure(name: str, decoder: Decoder, engine: Engine, prompts: list[list[int]], cfg: BenchConfig,
+def _measure(name: str, decoder: Decoder, engine: Engine | BatchEngine, prompts: list[list[int]], cfg: BenchConfig,
              eos: frozenset[int]) -> Measurement:  # fmt: skip
+    def one_pass() -> list[Any]:
+        if isinstance(engine, BatchEngine):  # all prompts in one batch
+            return decoder.generate_batch(engine, prompts, cfg.max_new_tokens, eos)
+        return [decoder.generate(engine, p, cfg.max_new_tokens, eos) for p in prompts]
+
     t0 = time.perf_counter()
     for _ in range(max(cfg.warmup, 0)):
-        for p in prompts:
-            decoder.generate(engine, p, cfg.max_new_tokens, eos)
+        one_pass()
     synchronize(engine.device)
     warm = time.perf_counter() - t0
     times, outputs, tokens, forwards = [], [], 0, 0
     for r in range(cfg.repeats):
         synchronize(engine.device)
         start = time.perf_counter()
-        traces = [decoder.generate(engine, p, cfg.max_new_tokens, eos) for p in prompts]
+        traces = one_pass()
         synchronize(engine.device)
         times.append(time.perf_counter() - start)
         if r == 0:
             outputs = [t.tokens for t in traces]
             tokens = sum(len(t.tokens) for t in traces)
-            forwards = sum(metrics.target_forwards(t) for t in traces)
+            per_row = [metrics.target_forwards(t) for t in traces]
+            # a batched forward serves every row at once: the batch took as many forwards as its longest row
+            forwards = max(per_row) if isinstance(engine, BatchEngine) else sum(per_row)
     return Measurement(name, tokens, forwards, times, warm, outputs)
 
 
@@ -153,7 +188,7 @@ def run_bench(cfg: BenchConfig, console: Console) -> Path:
     loaded: LoadedModel = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     device = loaded.device
     tok = loaded.tokenizer
-    texts = BENCH_PROMPTS[: max(1, cfg.num_prompts)]
+    texts = bench_texts(cfg)
     if getattr(tok, "chat_template", None):
         prompts = [list(tok(tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
                    add_generation_prompt=True), add_special_tokens=False)["input_ids"]) for t in texts]  # fmt: skip
@@ -161,20 +196,29 @@ def run_bench(cfg: BenchConfig, console: Console) -> Path:
         prompts = [list(tok(t)["input_ids"]) for t in texts]
     eos = loaded.eos_ids if cfg.stop_at_eos else frozenset()
     kind, comp = resolve_engine(cfg, device)
+    if kind == "batched":
+        unbatched = [d for d in ["ar", *cfg.decoders] if not build_decoder(d).supports_batch]
+        if unbatched:
+            raise UserError(
+                f"decoders without a batched path at --batch-size {cfg.batch_size}: {', '.join(unbatched)}; "
+                f"batched decoders: {', '.join(batched_decoder_names())}"
+            )
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     capacity = max(len(p) for p in prompts) + cfg.max_new_tokens + 512
     hf_comp = cfg.hf_compiled == "on" or (cfg.hf_compiled == "auto" and device.type == "cuda")
-    plan: list[tuple[str, str, str]] = [("hf eager", "hf", "dynamic")]
+    hf_kind = "batched" if kind == "batched" else "dynamic"  # the batched engine only carries pad_id for hf
+    plan: list[tuple[str, str, str]] = [("hf eager", "hf", hf_kind)]
     if hf_comp:
-        plan.append(("hf static+compile", "hf:cache=static,compile=true", "dynamic"))
+        plan.append(("hf static+compile", "hf:cache=static,compile=true", hf_kind))
     for spec in ["ar", *[d for d in cfg.decoders if d != "ar"]]:
         plan.append((f"{build_decoder(spec).label} ({kind}{'+compile' if comp else ''})", spec, kind))
     results: list[Measurement] = []
-    engines: dict[str, Engine] = {}  # one engine per kind: compiled graphs are reused across decoders
+    engines: dict[str, Engine | BatchEngine] = {}  # one engine per kind: compiled graphs are reused across decoders
     for name, spec, engine_kind in plan:
         decoder = build_decoder(spec)
         decoder.prepare(loaded)
         if engine_kind not in engines:
-            engines[engine_kind] = make_engine(loaded.model, engine_kind, comp and engine_kind == "static", capacity)
+            engines[engine_kind] = make_engine(loaded.model, engine_kind, comp and engine_kind == "static", capacity, pad_id)
         engine = engines[engine_kind]
         console.print(f"timing [bold]{name}[/] ...")
         results.append(measure(name, decoder, engine, prompts, cfg, eos))
@@ -182,7 +226,8 @@ def run_bench(cfg: BenchConfig, console: Console) -> Path:
     doc = {
         "provenance": provenance(device, str(loaded.dtype).replace("torch.", ""), 0, {
             "time": now_iso(), "config": cfg.__dict__, "engine": kind, "compile": comp,
-            "prompt_tokens": [len(p) for p in prompts], "peak_bandwidth_bytes_per_s": peak_bandwidth(device)}),
+            "prompt_tokens": [len(p) for p in prompts], "batch_size": cfg.batch_size,
+            "peak_bandwidth_bytes_per_s": peak_bandwidth(device)}),
         "results": rows,
     }  # fmt: skip
     out_dir = Path(cfg.output_path)
@@ -199,7 +244,7 @@ def bench_rows(results: list[Measurement], loaded: LoadedModel, prompts: list[li
     compiled = by_name.get("hf static+compile")
     peak = peak_bandwidth(device)
     context = statistics.fmean(len(p) for p in prompts) + cfg.max_new_tokens / 2
-    per_forward_bytes = bytes_per_forward(loaded.model, context)
+    per_forward_bytes = bytes_per_forward(loaded.model, context, cfg.batch_size)
     ref_out = by_name[results[0].name].outputs
     rows = []
     for m in results:
@@ -218,6 +263,7 @@ def bench_rows(results: list[Measurement], loaded: LoadedModel, prompts: list[li
             "generated_tokens": m.tokens,
             "match_hf_eager": m.outputs == ref_out,
             "repeats": len(m.times),
+            "batch_size": cfg.batch_size,
         })  # fmt: skip
     return rows
 
@@ -225,7 +271,8 @@ def bench_rows(results: list[Measurement], loaded: LoadedModel, prompts: list[li
 def bench_table(rows: list[dict[str, Any]], prov: dict[str, Any]) -> Table:
     from cllm_bench.summary_table import fmt
 
-    table = Table(title=f"cllm-bench bench — {prov['device_name']}, {prov['dtype']}")
+    batch = prov.get("batch_size", 1)
+    table = Table(title=f"cllm-bench bench — {prov['device_name']}, {prov['dtype']}, batch {batch}")
     for col in ("method", "tokens/s", "ms/forward", "tok/forward", "vs HF eager", "vs HF compiled",
                 "bandwidth", "warm-up s", "same tokens"):  # fmt: skip
         table.add_column(col, justify="left" if col == "method" else "right")

@@ -246,6 +246,9 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--hf-compiled", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--stop-at-eos", action="store_true")
     p.add_argument("--output-path", default="results")
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="decode this many prompts together (left padding; eager batched engine): ar, jacobi, cllm, "
+                        "speculative and hf have a batched path")  # fmt: skip
     p.set_defaults(func=cmd_bench)
 
 
@@ -257,8 +260,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         model=args.model, decoders=split_decoder_list(args.decoders), max_new_tokens=args.max_new_tokens,
         repeats=args.repeats, warmup=args.warmup, num_prompts=args.num_prompts, dtype=args.dtype,
         device=args.device, engine=args.engine, compile=args.compile, hf_compiled=args.hf_compiled,
-        stop_at_eos=args.stop_at_eos, output_path=args.output_path,
+        stop_at_eos=args.stop_at_eos, output_path=args.output_path, batch_size=args.batch_size,
     )  # fmt: skip
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     path = run_bench(cfg, console)
     console.print(f"bench results: [bold]{path}[/]")
     return 0

@@ -82,3 +82,18 @@ def static_keep_positions(cache, start: int, offsets: torch.Tensor) -> None:
         s, d = src.to(layer.keys.device), dst.to(layer.keys.device)
         layer.keys.index_copy_(2, d, layer.keys.index_select(2, s))
         layer.values.index_copy_(2, d, layer.values.index_select(2, s))
+
+
+def gather_columns(cache: DynamicCache, index: torch.Tensor) -> None:
+    """Row b of every layer keeps columns ``index[b]`` (in that order); ``index``: [B, W] long.
+
+    Used by :class:`~cllm_bench.batch_engine.BatchEngine` to squeeze holes out of a
+    batched cache whose rows hold different numbers of valid entries.
+    """
+    for layer in cache.layers:
+        if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+            continue
+        b, h, _, d = layer.keys.shape
+        idx = index.to(layer.keys.device)[:, None, :, None].expand(b, h, index.shape[1], d)
+        layer.keys = layer.keys.gather(2, idx)
+        layer.values = layer.values.gather(2, idx)

@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from cllm_bench.batch_engine import pad_batch
 from cllm_bench.errors import DataError, UserError
 
 SOURCE_NAMES = ("gsm8k", "spider", "humaneval-style", "mt-bench-style")
@@ -337,18 +338,6 @@ def load_examples(
 
 
 # --------------------------------------------------------------------------- tensors
-def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad token lists to one [B, T] long tensor; returns (ids, attention_mask [B, T])."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for row, seq in enumerate(seqs):
-        span = slice(width - len(seq), width) if left else slice(0, len(seq))
-        ids[row, span] = torch.tensor(list(seq), dtype=torch.long)
-        mask[row, span] = 1
-    return ids, mask
-
-
 def answer_labels(prompt_lens: Sequence[int], seq_lens: Sequence[int], ids: torch.Tensor) -> torch.Tensor:
     """[B, T] labels: the token ids on answer positions, -100 on prompt and padding."""
     labels = torch.full_like(ids, -100)

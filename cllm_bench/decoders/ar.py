@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cllm_bench.decoders.base import Decoder, OutputBuffer
+import torch
+
+from cllm_bench.batch_engine import BatchEngine
+from cllm_bench.decoders.base import Decoder, OutputBuffer, new_outputs
 from cllm_bench.engine import Engine
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import Trace
@@ -17,6 +20,7 @@ class ARDecoder(Decoder):
     """One token per forward: prefill, then feed the last token and take the argmax."""
 
     description = "greedy autoregressive decoding with KV cache (the baseline)"
+    supports_batch = True
 
     def generate(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         trace = Trace(prompt_len=len(prompt_ids))
@@ -30,3 +34,20 @@ class ARDecoder(Decoder):
             trace.record("target", fed=1, accepted=out.accept([int(next_id)]))
             step_ids = next_id
         return out.finish(trace)
+
+    def generate_batch(
+        self, engine: BatchEngine, prompts: list[list[int]], max_new_tokens: int, eos_ids: frozenset[int]
+    ) -> list[Trace]:
+        """All rows advance one token per batched forward; a finished row feeds padding
+        (``counts[b] = 0``) until every row is done. One device->host copy per step."""
+        traces, outs = new_outputs(prompts, max_new_tokens, eos_ids)
+        step_ids = engine.prefill(prompts).argmax(dim=-1, keepdim=True)  # [B, 1]
+        for b, token in enumerate(step_ids[:, 0].tolist()):
+            traces[b].record("prefill", fed=len(prompts[b]), accepted=outs[b].accept([token]))
+        while not all(o.done for o in outs):
+            counts = [0 if o.done else 1 for o in outs]
+            step_ids = engine.forward(step_ids, counts)[:, -1].argmax(dim=-1, keepdim=True)
+            for b, token in enumerate(step_ids[:, 0].tolist()):
+                if counts[b]:
+                    traces[b].record("target", fed=1, accepted=outs[b].accept([token]))
+        return [o.finish(t) for o, t in zip(outs, traces)]

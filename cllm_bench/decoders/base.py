@@ -5,6 +5,14 @@ registered by name with ``@register_decoder("name")``. It implements::
 
     generate(engine, prompt_ids, max_new_tokens, eos_ids) -> Trace
 
+Decoders that can decode several prompts at once also implement::
+
+    generate_batch(batch_engine, prompts, max_new_tokens, eos_ids) -> list[Trace]
+
+on a :class:`~cllm_bench.batch_engine.BatchEngine` (left padding, per-row acceptance);
+each row's trace follows the same rules and, for greedy decoders, the same tokens as
+``generate`` on that prompt alone (``supports_batch = True`` marks them).
+
 Rules (checked by ``cllm-bench check-decoder`` and the tests):
   * record one :class:`~cllm_bench.trace.Step` per model forward, the first being the
     target prefill, and attribute every output token to exactly one step;
@@ -82,6 +90,8 @@ class Decoder(ABC):
     registered_name: ClassVar[str] = ""
     #: parameters always shown in the label (e.g. Jacobi's block size ``n``)
     label_params: ClassVar[tuple[str, ...]] = ()
+    #: True when :meth:`generate_batch` is implemented
+    supports_batch: ClassVar[bool] = False
 
     def prepare(self, target: Any) -> None:
         """Load what the decoder needs besides the target (draft model, Medusa heads).
@@ -93,6 +103,16 @@ class Decoder(ABC):
     @abstractmethod
     def generate(self, engine: Any, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         """Decode greedily after ``prompt_ids``; see the module docstring for the rules."""
+
+    def generate_batch(
+        self, engine: Any, prompts: list[list[int]], max_new_tokens: int, eos_ids: frozenset[int]
+    ) -> list[Trace]:
+        """Decode all ``prompts`` together on a :class:`~cllm_bench.batch_engine.BatchEngine`;
+        one trace per prompt, in order."""
+        raise UserError(
+            f"decoder {self.label!r} has no batched path (batch size > 1); decoders that have one: "
+            f"{', '.join(batched_decoder_names())}"
+        )
 
     @property
     def label(self) -> str:
@@ -113,6 +133,18 @@ class Decoder(ABC):
             default = None if f.default is dataclasses.MISSING else f.default
             out.append((f.name, _type_name(f.type), default))
         return out
+
+
+def batched_decoder_names() -> list[str]:
+    """Registered decoders with a batch path (for error messages and ``cllm-bench list``)."""
+    from cllm_bench.registry import DECODERS
+
+    return [name for name in DECODERS.names() if DECODERS.get(name).supports_batch]
+
+
+def new_outputs(prompts: list[list[int]], max_new_tokens: int, eos_ids: frozenset[int]) -> tuple[list[Trace], list[OutputBuffer]]:
+    """One empty trace and one output buffer per prompt (the start of every ``generate_batch``)."""
+    return [Trace(prompt_len=len(p)) for p in prompts], [OutputBuffer(max_new_tokens, eos_ids) for _ in prompts]
 
 
 def _format_value(value: Any) -> str:

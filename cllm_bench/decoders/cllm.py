@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -42,6 +43,7 @@ from cllm_bench.baselines.ngram_pool import NGramPool
 from cllm_bench.decoders.base import OutputBuffer
 from cllm_bench.decoders.jacobi import JacobiDecoder, first_mismatch, initial_guess
 from cllm_bench.engine import Engine
+from cllm_bench.errors import UserError
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import JacobiBlock, Trace
 
@@ -120,6 +122,13 @@ class CLLMDecoder(JacobiDecoder):
             raise ValueError(f"ngram must be >= 2, got {self.ngram}")
         if self.g < 1 or self.guesses < 0:
             raise ValueError(f"need g >= 1 and guesses >= 0, got g={self.g}, guesses={self.guesses}")
+
+    def generate_batch(
+        self, engine: Any, prompts: list[list[int]], max_new_tokens: int, eos_ids: frozenset[int]
+    ) -> list[Trace]:
+        if self.lookahead:
+            raise UserError(f"{self.label}: the n-gram pool branch has no batched path; use cllm:lookahead=false at batch size > 1")
+        return super().generate_batch(engine, prompts, max_new_tokens, eos_ids)
 
     def generate(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         if not self.lookahead:

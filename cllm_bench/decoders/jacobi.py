@@ -25,11 +25,10 @@ and the full block state after every iteration (``Trace.blocks``), from which
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import torch
-
-from cllm_bench.decoders.base import Decoder, OutputBuffer
+from cllm_bench.batch_engine import BatchEngine, pad_batch
+from cllm_bench.decoders.base import Decoder, OutputBuffer, new_outputs
 from cllm_bench.engine import Engine
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import JacobiBlock, Trace
@@ -56,6 +55,65 @@ def first_mismatch(block: list[int], proposal: list[int], start: int) -> int | N
     return None
 
 
+@dataclass
+class BlockRun:
+    """One Jacobi block in progress; the state machine both decode paths share.
+
+    ``block`` is the current state (n' <= n tokens); ``block[:fed_from]`` is in the cache
+    (at positions ``base ..``), ``block[fed_from]`` is known correct but not cached, and
+    ``block[:known]`` are already output tokens. ``states`` records the trajectory.
+    """
+
+    block: list[int]
+    base: int
+    index: int
+    start_in_output: int
+    fed_from: int = 0
+    known: int = 1
+    states: list[list[int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.states = [list(self.block)]
+
+    @property
+    def size(self) -> int:
+        return len(self.block)
+
+    def feed(self) -> list[int]:
+        """The tokens the next forward must carry: the not-yet-cached suffix."""
+        return self.block[self.fed_from :]
+
+    def update(self, predicted: list[int], out: OutputBuffer, trace: Trace) -> int | None:
+        """Apply the argmaxes of one forward over :meth:`feed` (``predicted[j]`` = token after
+        ``feed()[j]``): extend the output, record the step, advance the state.
+
+        Returns the first token of the next block when this block reached its fixed point,
+        else None. Afterwards ``base + cached_len`` is the cache length to keep.
+        """
+        size, fed_from, block = self.size, self.fed_from, self.block
+        proposal = block[: fed_from + 1] + predicted[:-1]
+        mismatch = first_mismatch(block, proposal, fed_from + 1)
+        if mismatch is None:  # fixed point: the whole block is final, predicted[-1] is the bonus
+            accepted = out.accept(block[self.known :] + predicted[-1:])
+            trace.record("target", fed=size - fed_from, accepted=accepted, block=self.index, fixed_point=True)
+            self.fed_from = self.known = size
+            return predicted[-1]
+        self.block = proposal
+        self.states.append(list(proposal))
+        accepted = out.accept(proposal[self.known : mismatch + 1])
+        trace.record("target", fed=size - fed_from, accepted=accepted, block=self.index, fixed_point=False)
+        self.known, self.fed_from = mismatch + 1, mismatch
+        return None
+
+    @property
+    def cached_len(self) -> int:
+        """Positions of this block whose KV stays in the cache (the verified prefix)."""
+        return self.fed_from
+
+    def finish(self, out: OutputBuffer) -> JacobiBlock:
+        return JacobiBlock(states=self.states, final=out.tokens[self.start_in_output : self.start_in_output + self.size])
+
+
 @register_decoder("jacobi")
 @dataclass
 class JacobiDecoder(Decoder):
@@ -67,6 +125,7 @@ class JacobiDecoder(Decoder):
 
     description = "Jacobi fixed-point decoding of n-token blocks (lossless)"
     label_params = ("n",)
+    supports_batch = True
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -85,6 +144,14 @@ class JacobiDecoder(Decoder):
             first = self.decode_block(engine, trace, out, first, context, rng)
         return out.finish(trace)
 
+    def start_block(self, trace: Trace, out: OutputBuffer, first: int, context: list[int], rng: random.Random,
+                    base: int) -> BlockRun:  # fmt: skip
+        """A new block after output token ``first`` (the last output token, not cached, at ``base``)."""
+        size = min(self.n, out.remaining + 1)
+        context.extend(out.tokens[len(context) - trace.prompt_len :])
+        block = initial_guess(first, size, context, self.init, rng)
+        return BlockRun(block=block, base=base, index=len(trace.blocks), start_in_output=len(out.tokens) - 1)
+
     def decode_block(
         self,
         engine: Engine,
@@ -99,33 +166,47 @@ class JacobiDecoder(Decoder):
         Precondition: ``first`` is the last output token and is not in the cache.
         Returns the first token of the next block.
         """
-        size = min(self.n, out.remaining + 1)
-        start_in_output = len(out.tokens) - 1  # index of `first` in the output
-        context.extend(out.tokens[len(context) - trace.prompt_len :])
-        block = initial_guess(first, size, context, self.init, rng)
-        states = [list(block)]
-        base = engine.length  # position of block[0]
-        fed_from = 0  # block[:fed_from] is in the cache, block[fed_from] is correct
-        known = 1  # block[:known] are final output tokens
-        block_index = len(trace.blocks)
+        run = self.start_block(trace, out, first, context, rng, engine.length)
         next_first = first
         while True:
-            logits = engine.forward(engine.ids_tensor(block[fed_from:]))
-            predicted = logits[0].argmax(dim=-1).tolist()  # predicted[j]: token after block[fed_from + j]
-            proposal = block[: fed_from + 1] + predicted[:-1]
-            mismatch = first_mismatch(block, proposal, fed_from + 1)
-            if mismatch is None:  # fixed point: the whole block is final, predicted[-1] is the bonus
-                accepted = out.accept(block[known:] + predicted[-1:])
-                trace.record("target", fed=size - fed_from, accepted=accepted, block=block_index, fixed_point=True)
-                next_first = predicted[-1]
+            logits = engine.forward(engine.ids_tensor(run.feed()))
+            done = run.update(logits[0].argmax(dim=-1).tolist(), out, trace)
+            if done is not None:
+                next_first = done
                 break
-            engine.rollback(base + mismatch)
-            block = proposal
-            states.append(list(block))
-            accepted = out.accept(block[known : mismatch + 1])
-            trace.record("target", fed=size - fed_from, accepted=accepted, block=block_index, fixed_point=False)
-            known, fed_from = mismatch + 1, mismatch
+            engine.rollback(run.base + run.cached_len)
             if out.done:
                 break
-        trace.blocks.append(JacobiBlock(states=states, final=out.tokens[start_in_output : start_in_output + size]))
+        trace.blocks.append(run.finish(out))
         return next_first
+
+    def generate_batch(
+        self, engine: BatchEngine, prompts: list[list[int]], max_new_tokens: int, eos_ids: frozenset[int]
+    ) -> list[Trace]:
+        """Every unfinished row runs its own block; one batched forward carries each row's
+        not-yet-cached suffix (right-padded to the longest), then each row keeps its own
+        verified prefix. Each row's trace equals :meth:`generate`'s on that prompt."""
+        traces, outs = new_outputs(prompts, max_new_tokens, eos_ids)
+        rngs = [random.Random(self.seed) for _ in prompts]
+        contexts = [list(p) for p in prompts]
+        firsts = engine.prefill(prompts).argmax(dim=-1).tolist()
+        runs: list[BlockRun | None] = []
+        for b, first in enumerate(firsts):
+            traces[b].record("prefill", fed=len(prompts[b]), accepted=outs[b].accept([first]))
+            runs.append(None if outs[b].done else self.start_block(traces[b], outs[b], first, contexts[b], rngs[b], len(prompts[b])))
+        while any(r is not None for r in runs):
+            feeds = [r.feed() if r is not None else [] for r in runs]
+            ids, _ = pad_batch(feeds, engine.pad_id)
+            predicted = engine.forward(ids, [len(f) for f in feeds]).argmax(dim=-1).tolist()
+            keep = engine.lengths.tolist()
+            for b, run in enumerate(runs):
+                if run is None:
+                    continue
+                nxt = run.update(predicted[b][: len(feeds[b])], outs[b], traces[b])
+                keep[b] = run.base + run.cached_len
+                if nxt is None and not outs[b].done:
+                    continue
+                traces[b].blocks.append(run.finish(outs[b]))
+                runs[b] = None if outs[b].done else self.start_block(traces[b], outs[b], nxt, contexts[b], rngs[b], keep[b])
+            engine.truncate(keep)
+        return [o.finish(t) for o, t in zip(outs, traces)]
