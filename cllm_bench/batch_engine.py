@@ -32,12 +32,13 @@ This is the eager, dynamic-cache path: batch > 1 is not compiled (the batch-1
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from transformers import PreTrainedModel
 
 from cllm_bench import kv_cache
+from cllm_bench.models import ModelPlacement
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +59,7 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool = False) ->
     return ids, mask
 
 
-class BatchEngine:
+class BatchEngine(ModelPlacement):
     """Eager engine over a dynamic cache holding B rows of different lengths (see module doc).
 
     model: a causal LM, put in eval mode. pad_id: token fed in padded columns (never seen
@@ -82,14 +83,6 @@ class BatchEngine:
         self.reset()
 
     # -- properties ------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
     @property
     def batch_size(self) -> int:
         return int(self.lengths.shape[0])
@@ -123,19 +116,10 @@ class BatchEngine:
         self.valid = torch.zeros(len(prompts), 0, dtype=torch.bool, device=self.device)
         self.pos = torch.zeros(len(prompts), 0, dtype=torch.long, device=self.device)
         self.lengths = torch.zeros(len(prompts), dtype=torch.long, device=self.device)
-        out = self.model(
-            input_ids=ids,
-            position_ids=positions,
-            attention_mask=self._mask(real),
-            past_key_values=self._cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        self._append(real, positions)
-        self.forwards += 1
+        logits = self._run(ids, real, positions, logits_to_keep=1)
         if self.on_prefill_done is not None:
             self.on_prefill_done()
-        return out.logits[:, -1]
+        return logits[:, -1]
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, counts: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
@@ -154,15 +138,21 @@ class BatchEngine:
             counts_t = torch.as_tensor(counts, dtype=torch.long).to(self.device)
         cols = torch.arange(k, device=self.device)
         real = cols[None] < counts_t[:, None]  # [B, k]
-        positions = self.lengths[:, None] + cols[None]
+        return self._run(ids, real, positions=self.lengths[:, None] + cols[None])
+
+    def _run(self, ids: torch.Tensor, real: torch.Tensor, positions: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """One model forward of [B, k] ``ids`` (``real`` marks non-padding), appended to the cache."""
         out = self.model(
             input_ids=ids,
             position_ids=positions,
             attention_mask=self._mask(real),
             past_key_values=self._cache,
             use_cache=True,
+            **kwargs,
         )
-        self._append(real, positions)
+        self.valid = torch.cat([self.valid, real], dim=1)
+        self.pos = torch.cat([self.pos, positions], dim=1)
+        self.lengths = self.lengths + real.sum(dim=1)
         self.forwards += 1
         return out.logits
 
@@ -181,11 +171,6 @@ class BatchEngine:
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)
         return mask[:, None]
-
-    def _append(self, real: torch.Tensor, positions: torch.Tensor) -> None:
-        self.valid = torch.cat([self.valid, real], dim=1)
-        self.pos = torch.cat([self.pos, positions], dim=1)
-        self.lengths = self.lengths + real.sum(dim=1)
 
     # -- cache commit ----------------------------------------------------------------
     @torch.inference_mode()

@@ -26,9 +26,10 @@ import torch
 from transformers import PreTrainedModel
 
 from cllm_bench import kv_cache
+from cllm_bench.models import ModelPlacement
 
 
-class Engine:
+class Engine(ModelPlacement):
     """Eager engine over a transformers dynamic KV cache (the reference path).
 
     model: a causal LM (``AutoModelForCausalLM``); put in eval mode here.
@@ -45,14 +46,6 @@ class Engine:
         self.reset()
 
     # -- properties ------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
-
     @property
     def length(self) -> int:
         """Positions currently in the KV cache."""

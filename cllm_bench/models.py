@@ -52,8 +52,21 @@ ALIASES: dict[str, Alias] = {
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
 
+class ModelPlacement:
+    """``device`` and ``dtype`` of ``self.model``, read from its first parameter (mixin for
+    the loaded model and the engines)."""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device  # type: ignore[attr-defined]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype  # type: ignore[attr-defined]
+
+
 @dataclass
-class LoadedModel:
+class LoadedModel(ModelPlacement):
     """A model ready for decoding. ``eos_ids``: every token id that ends a generation."""
 
     spec: str
@@ -62,14 +75,6 @@ class LoadedModel:
     source: str
     eos_ids: frozenset[int]
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.model.parameters()).dtype
 
 
 def resolve_device(device: str = "auto") -> torch.device:
