@@ -20,7 +20,10 @@ models built here from a config (a Llama and a Qwen2: 2 layers, hidden 64, vocab
   output (rejected tokens were rolled back): continuing from the engine's cache gives the
   logits of a clean forward (:func:`cache_problem`); the decoder's engine is reused across
   cases as the runner reuses it, and **rerun**: generating again on the same engine gives
-  the same tokens.
+  the same tokens;
+* **batched = single** (decoders with ``supports_batch``): ``generate_batch`` on all
+  prompts at once (left padding, rows of different lengths, rows stopping at different
+  EOS steps) gives every row the tokens ``ar`` gives it alone, and valid traces.
 
 A rich table shows one row per check; :func:`check_decoder` returns True iff all pass.
 """
@@ -51,6 +54,7 @@ CHECKS = (
     ("forwards counted", "engine.forwards == non-draft steps"),
     ("cache consistent", "cached KV = prompt + output's (continue from the engine, compare logits)"),
     ("rerun", "generate again on the same engine: same tokens"),
+    ("batched = single", "generate_batch on all prompts: each row as ar alone"),
 )
 
 
@@ -197,6 +201,40 @@ def _run_model(spec: str, model_name: str, model: Any, rows: dict[str, CheckRow]
             if again is not None:
                 rows["rerun"].record(again.tokens == trace.tokens,
                                      lambda: f"{case.label()}: {divergence(trace.tokens, again.tokens, 'first', 'rerun')}")  # fmt: skip
+    check_batch(decoder, model_name, model, cases, rows["batched = single"])
+
+
+def check_batch(decoder: Decoder, model_name: str, model: Any, cases: list[Case], row: CheckRow) -> None:
+    """All battery prompts in one ``generate_batch`` per (budget, EOS set) of the cases."""
+    import torch
+
+    from cllm_bench.batch_engine import BatchEngine
+    from cllm_bench.engine import Engine
+    from cllm_bench.trace import check_trace
+
+    if not decoder.supports_batch:
+        row.skipped = "no batched path (supports_batch = False)"
+        return
+    prompts = battery_prompts()
+    ar, ref = build_decoder("ar"), Engine(model)
+    engine = BatchEngine(model)  # reused across batches, as bench reuses it
+    for max_new, eos in dict.fromkeys((c.max_new, c.eos) for c in cases):
+        label = f"{model_name} · batch of {len(prompts)} · max_new={max_new} · " + (
+            "no EOS" if eos == NO_EOS else f"EOS={sorted(eos)}")  # fmt: skip
+        try:
+            with torch.inference_mode():
+                traces = decoder.generate_batch(engine, [list(p) for p in prompts], max_new, eos)
+            for trace in traces:
+                check_trace(trace, max_new, eos)
+        except Exception as exc:  # a raising decoder or a broken trace (TraceError)
+            row.record(False, lambda: f"{label}: {exception_line(exc)}")
+            continue
+        if not decoder.lossless:
+            row.record(len(traces) == len(prompts), lambda: f"{label}: {len(traces)} traces for {len(prompts)} prompts")
+            continue
+        for i, (prompt, trace) in enumerate(zip(prompts, traces)):
+            expected = ar.generate(ref, prompt, max_new, eos).tokens
+            row.record(trace.tokens == expected, lambda: f"{label} · row {i}: {divergence(expected, trace.tokens)}")
 
 
 def build_cases(model_name: str, model: Any, ref_engine: Any) -> list[Case]:

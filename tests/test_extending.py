@@ -473,3 +473,26 @@ def test_prompts_helper_is_shared_with_the_battery():
     from cllm_bench.conformance import battery_prompts
 
     assert battery_prompts()[1:] == prompts(3, seed=0)
+
+
+def test_check_decoder_checks_the_batched_path(tmp_path):
+    """A decoder whose single path is ar's but whose batch path swaps rows fails only
+    'batched = single', naming the batch and the row."""
+    source = """
+        from dataclasses import dataclass
+        from cllm_bench.decoders.ar import ARDecoder
+        from cllm_bench import register_decoder
+
+        @register_decoder("swapped_batch")
+        @dataclass
+        class Swapped(ARDecoder):
+            def generate_batch(self, engine, prompts, max_new_tokens, eos_ids):
+                return super().generate_batch(engine, prompts[::-1], max_new_tokens, eos_ids)  # rows reversed
+    """
+    load_plugins([str(write(tmp_path / "swapped_batch.py", source))])
+    out = console()
+    assert check_decoder("swapped_batch", out) is False
+    text = out.file.getvalue()
+    assert re.search(r"batched = single\s+│ FAIL", text), text
+    assert re.search(r"same tokens as ar\s+│ pass", text), text
+    assert "batch of 4" in text and "row 0" in text
