@@ -141,16 +141,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         models.add_row(name, desc, how)
     console.print(models)
     decs = Table(title="decoders")
-    for col in ("name", "parameters (default)", "lossless", "what"):
+    for col in ("name", "parameters (default)", "lossless", "batch > 1", "what"):
         decs.add_column(col)
     for name in DECODERS.names():
         try:
             cls = DECODERS.get(name)
         except (UserError, ImportError) as exc:
-            decs.add_row(name, "", "", f"[red]unavailable: {exc}[/]")
+            decs.add_row(name, "", "", "", f"[red]unavailable: {exc}[/]")
             continue
         params = ", ".join(f"{n}: {t} = {d}" for n, t, d in cls.parameters()) or "-"
-        decs.add_row(name, params, "yes" if cls.lossless else "no", cls.description)
+        decs.add_row(name, params, "yes" if cls.lossless else "no", "yes" if cls.supports_batch else "no", cls.description)
     console.print(decs)
     tasks = Table(title="tasks")
     for col in ("name", "needs --allow-code-execution", "what"):

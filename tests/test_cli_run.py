@@ -197,3 +197,12 @@ def test_list_shows_registered_names(capsys):
     out = capsys.readouterr().out
     for name in ("ar", "jacobi", "hf", "humaneval", "smollm2-135m"):
         assert name in out
+
+
+def test_list_says_which_decoders_batch(capsys):
+    from cllm_bench.decoders.base import batched_decoder_names
+
+    assert batched_decoder_names() == ["ar", "cllm", "hf", "jacobi", "speculative"]
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "batch > 1" in out
