@@ -168,6 +168,17 @@ def companion_engine(engine: Engine, model: Any) -> Engine:
     return Engine(model)
 
 
+def companion_batch_engine(engine: BatchEngine, model: Any) -> BatchEngine:
+    """A batched engine for ``model`` of the same kind as ``engine`` (static and compiled alike)."""
+    from cllm_bench.static_batch_engine import StaticBatchEngine
+    from cllm_bench.static_engine import DEFAULT_BUCKETS
+
+    if isinstance(engine, StaticBatchEngine):
+        return StaticBatchEngine(model, max_cache_len=engine.max_cache_len, pad_id=engine.pad_id, compile=engine.compile,
+                                 buckets=engine.buckets or DEFAULT_BUCKETS, pad_to_buckets=bool(engine.buckets))  # fmt: skip
+    return BatchEngine(model, pad_id=engine.pad_id)
+
+
 # ------------------------------------------------------------------ proposer / scorer
 def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> tuple[int, torch.Tensor | None]:
     """Greedy (temperature 0) or sampled token from logits [V]; also the distribution when sampling."""
@@ -327,11 +338,11 @@ class SpeculativeDecoder(Decoder):
         return self._draft_engine
 
     def batch_draft_engine(self, engine: BatchEngine) -> BatchEngine:
-        """The draft's :class:`BatchEngine` for the target's (own cache, same padding token)."""
+        """The draft's batched engine for the target's (own cache, same kind and padding token)."""
         model = self.draft_model(engine.model)
         target, built_for = self._draft_engine_for
         if not isinstance(self._draft_engine, BatchEngine) or target is not engine or built_for is not model:
-            self._draft_engine = BatchEngine(model, pad_id=engine.pad_id)
+            self._draft_engine = companion_batch_engine(engine, model)
             self._draft_engine_for = (engine, model)
         return self._draft_engine
 

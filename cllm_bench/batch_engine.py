@@ -26,8 +26,10 @@ Invariant (the same as :class:`~cllm_bench.engine.Engine`'s, per row): after a d
 step, row b's valid entries are exactly the KV of its accepted text (possibly minus the
 newest token), at positions ``0 .. lengths[b] - 1``.
 
-This is the eager, dynamic-cache path: batch > 1 is not compiled (the batch-1
-:class:`~cllm_bench.static_engine.StaticEngine` is). ``forwards`` counts batched forwards.
+This is the eager, dynamic-cache reference path;
+:class:`~cllm_bench.static_batch_engine.StaticBatchEngine` is the same contract on a
+preallocated, compilable cache (``bench --batch-size`` uses it on CUDA). ``forwards``
+counts batched forwards.
 """
 
 from __future__ import annotations

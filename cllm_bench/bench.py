@@ -32,6 +32,7 @@ from cllm_bench.errors import UserError
 from cllm_bench.models import DEFAULT_MODEL, LoadedModel, load_model
 from cllm_bench.provenance import now_iso, provenance
 from cllm_bench.results_io import write_json_atomic
+from cllm_bench.static_batch_engine import StaticBatchEngine
 from cllm_bench.static_engine import StaticEngine
 from cllm_bench.timing import synchronize
 
@@ -102,16 +103,9 @@ def bytes_per_forward(model: Any, context_len: float, batch: int = 1) -> float:
 def resolve_engine(cfg: BenchConfig | Any, device: torch.device) -> tuple[str, bool]:
     """(engine kind, compile) from "auto" settings: static + compiled on CUDA, dynamic eager on CPU.
 
-    Batch > 1 always runs on the eager batched engine ("batched"); asking for the static
-    or compiled engine with it is an error.
+    The same choice holds at batch > 1, where the engines are the batched ones
+    (:func:`make_engine`).
     """
-    if getattr(cfg, "batch_size", 1) > 1:
-        if cfg.engine == "static" or cfg.compile == "on":
-            raise UserError(
-                "the static/compiled engine runs batch size 1 only; at --batch-size > 1 use --engine auto "
-                "(the eager batched engine) and --compile auto/off"
-            )
-        return "batched", False
     kind = cfg.engine if cfg.engine != "auto" else ("static" if device.type == "cuda" else "dynamic")
     comp = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
     if comp and kind == "dynamic":
@@ -119,8 +113,12 @@ def resolve_engine(cfg: BenchConfig | Any, device: torch.device) -> tuple[str, b
     return kind, comp
 
 
-def make_engine(model: Any, kind: str, compile: bool, max_cache_len: int, pad_id: int = 0) -> Engine | BatchEngine:
-    if kind == "batched":
+def make_engine(model: Any, kind: str, compile: bool, max_cache_len: int, pad_id: int = 0,
+                batch_size: int = 1) -> Engine | BatchEngine:  # fmt: skip
+    """The engine of ``kind`` ("dynamic" or "static"); a batched one when ``batch_size > 1``."""
+    if batch_size > 1:
+        if kind == "static":
+            return StaticBatchEngine(model, max_cache_len=max_cache_len, pad_id=pad_id, compile=compile)
         return BatchEngine(model, pad_id=pad_id)
     if kind == "static":
         return StaticEngine(model, max_cache_len=max_cache_len, compile=compile)
@@ -196,7 +194,8 @@ def run_bench(cfg: BenchConfig, console: Console) -> Path:
         prompts = [list(tok(t)["input_ids"]) for t in texts]
     eos = loaded.eos_ids if cfg.stop_at_eos else frozenset()
     kind, comp = resolve_engine(cfg, device)
-    if kind == "batched":
+    batch = cfg.batch_size
+    if batch > 1:
         unbatched = [d for d in ["ar", *cfg.decoders] if not build_decoder(d).supports_batch]
         if unbatched:
             raise UserError(
@@ -205,11 +204,12 @@ def run_bench(cfg: BenchConfig, console: Console) -> Path:
             )
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     capacity = max(len(p) for p in prompts) + cfg.max_new_tokens + 512
+    if batch > 1:  # room for holes between compactions (at most 1.5x the longest row + slack)
+        capacity = 2 * (max(len(p) for p in prompts) + cfg.max_new_tokens) + 512
     hf_comp = cfg.hf_compiled == "on" or (cfg.hf_compiled == "auto" and device.type == "cuda")
-    hf_kind = "batched" if kind == "batched" else "dynamic"  # the batched engine only carries pad_id for hf
-    plan: list[tuple[str, str, str]] = [("hf eager", "hf", hf_kind)]
+    plan: list[tuple[str, str, str]] = [("hf eager", "hf", "dynamic")]
     if hf_comp:
-        plan.append(("hf static+compile", "hf:cache=static,compile=true", hf_kind))
+        plan.append(("hf static+compile", "hf:cache=static,compile=true", "dynamic"))
     for spec in ["ar", *[d for d in cfg.decoders if d != "ar"]]:
         plan.append((f"{build_decoder(spec).label} ({kind}{'+compile' if comp else ''})", spec, kind))
     results: list[Measurement] = []
@@ -218,7 +218,8 @@ def run_bench(cfg: BenchConfig, console: Console) -> Path:
         decoder = build_decoder(spec)
         decoder.prepare(loaded)
         if engine_kind not in engines:
-            engines[engine_kind] = make_engine(loaded.model, engine_kind, comp and engine_kind == "static", capacity, pad_id)
+            engines[engine_kind] = make_engine(loaded.model, engine_kind, comp and engine_kind == "static", capacity,
+                                               pad_id, batch)  # fmt: skip
         engine = engines[engine_kind]
         console.print(f"timing [bold]{name}[/] ...")
         results.append(measure(name, decoder, engine, prompts, cfg, eos))

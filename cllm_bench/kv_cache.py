@@ -97,3 +97,16 @@ def gather_columns(cache: DynamicCache, index: torch.Tensor) -> None:
         idx = index.to(layer.keys.device)[:, None, :, None].expand(b, h, index.shape[1], d)
         layer.keys = layer.keys.gather(2, idx)
         layer.values = layer.values.gather(2, idx)
+
+
+def static_gather_columns(cache, index: torch.Tensor) -> None:
+    """Static-cache :func:`gather_columns`: row b's columns ``index[b]`` ([B, W]) are copied,
+    in place, to columns ``0 .. W-1`` (the buffers keep their addresses for CUDA graphs)."""
+    width = index.shape[1]
+    for layer in cache.layers:
+        if not getattr(layer, "is_initialized", False):
+            continue
+        b, h, _, d = layer.keys.shape
+        idx = index.to(layer.keys.device)[:, None, :, None].expand(b, h, width, d)
+        layer.keys[:, :, :width].copy_(layer.keys.gather(2, idx))
+        layer.values[:, :, :width].copy_(layer.values.gather(2, idx))

@@ -15,9 +15,10 @@ from cllm_bench.cli import main
 from cllm_bench.decoders.base import build_decoder
 from cllm_bench.engine import Engine
 from cllm_bench.errors import UserError
+from cllm_bench.static_batch_engine import StaticBatchEngine
 from cllm_bench.trace import check_trace
 
-from conftest import prompts
+from conftest import prompts, tiny_llama
 
 BATCHED = [
     "ar",
@@ -96,13 +97,20 @@ def test_prefill_logits_match_unpadded(llama64):
         torch.testing.assert_close(batch_logits[row], Engine(llama64).prefill(p), rtol=0, atol=1e-12)
 
 
+def make_batch_engine(kind: str, model, **kwargs) -> BatchEngine:
+    if kind == "dynamic":
+        return BatchEngine(model, **kwargs)
+    return StaticBatchEngine(model, max_cache_len=160, pad_to_buckets=kind == "static-padded", **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "static", "static-padded"])
 @pytest.mark.parametrize("slack", [0, 1_000])
-def test_truncate_many_cycles_keeps_rows_consistent(llama64, slack):
+def test_truncate_many_cycles_keeps_rows_consistent(llama64, slack, kind):
     """Random per-row accept/reject cycles (holes, cropping, compaction when slack = 0):
     the next logits of every row equal a fresh single-prompt prefill of its accepted text."""
     rng = random.Random(0)
     ps = ragged_prompts()
-    engine = BatchEngine(llama64, compact_slack=slack)
+    engine = make_batch_engine(kind, llama64, compact_slack=slack)
     engine.prefill(ps)
     texts = [list(p) for p in ps]
     compacted_to = []
@@ -126,6 +134,29 @@ def test_truncate_many_cycles_keeps_rows_consistent(llama64, slack):
     longest = max(len(t) for t in texts)
     if slack == 0:
         assert max(compacted_to) <= 1.5 * longest + 6, "compaction should bound the cache width"
+
+
+@pytest.mark.parametrize("kind", ["static", "static-padded"])
+@pytest.mark.parametrize("spec", ["ar", "jacobi:n=4", "jacobi:n=16", "cllm:n=7", "speculative:draft=self:layers=1,k=3"])
+def test_static_batch_engine_matches_eager(spec, kind):
+    """The preallocated batched cache (in-place writes, length-update rollback, bucket
+    padding) gives the eager engine's tokens; one engine reused across two batches."""
+    model = tiny_llama(seed=11, dtype=torch.float32)
+    engine = make_batch_engine(kind, model)
+    for ps in (ragged_prompts(4), prompts(2, seed=8)):
+        expected = [t.tokens for t in build_decoder(spec).generate_batch(BatchEngine(model), ps, 26, NO_EOS)]
+        got = build_decoder(spec).generate_batch(engine, ps, 26, NO_EOS)
+        assert [t.tokens for t in got] == expected
+
+
+def test_static_batch_engine_compiled_on_cpu():
+    """torch.compile (inductor on CPU) of the batched decode forward: same tokens as eager."""
+    model = tiny_llama(seed=11, dtype=torch.float32)
+    ps = ragged_prompts(3)
+    engine = StaticBatchEngine(model, max_cache_len=128, compile=True, buckets=(1, 4, 16))
+    for spec in ("ar", "jacobi:n=4"):
+        expected = [build_decoder("ar").generate(Engine(model), p, 20, NO_EOS).tokens for p in ps]
+        assert [t.tokens for t in build_decoder(spec).generate_batch(engine, ps, 20, NO_EOS)] == expected
 
 
 def test_truncate_refuses_to_grow(llama64):
@@ -153,14 +184,24 @@ def test_bench_batch_size(tiny_model_dir, tmp_path, capsys):
     ])  # fmt: skip
     assert rc == 0
     doc = json.loads(next(out.glob("bench-*.json")).read_text())
-    assert doc["provenance"]["batch_size"] == 3 and doc["provenance"]["engine"] == "batched"
+    assert doc["provenance"]["batch_size"] == 3 and doc["provenance"]["engine"] == "dynamic"
     rows = {r["decoder"]: r for r in doc["results"]}
-    assert set(rows) == {"hf eager", "ar (batched)", "jacobi:n=4 (batched)", "speculative:draft=self:layers=1,k=2 (batched)"}
+    assert set(rows) == {"hf eager", "ar (dynamic)", "jacobi:n=4 (dynamic)", "speculative:draft=self:layers=1,k=2 (dynamic)"}
     for r in rows.values():
         assert r["generated_tokens"] == 18 and r["batch_size"] == 3 and r["tokens_per_s"] > 0
         assert r["match_hf_eager"] is True  # float32 tiny model: the batched paths agree with HF's batching
     assert rows["hf eager"]["ratio_vs_hf_eager"] == pytest.approx(1.0)
     assert "batch 3" in capsys.readouterr().out
+
+
+def test_bench_batch_size_on_the_static_engine(tiny_model_dir, tmp_path):
+    rc = main(["bench", "--model", str(tiny_model_dir), "--max-new-tokens", "6", "--repeats", "1", "--warmup", "0",
+               "--batch-size", "2", "--engine", "static", "--decoders", "jacobi:n=4", "--output-path", str(tmp_path)])  # fmt: skip
+    assert rc == 0
+    doc = json.loads(next(tmp_path.glob("bench-*.json")).read_text())
+    rows = {r["decoder"]: r for r in doc["results"]}
+    assert set(rows) == {"hf eager", "ar (static)", "jacobi:n=4 (static)"}
+    assert all(r["match_hf_eager"] and r["generated_tokens"] == 12 for r in rows.values())
 
 
 def test_bench_batch_size_refuses_unbatched_decoder(tiny_model_dir, tmp_path, capsys):
