@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cllm_bench import metrics
-from cllm_bench.decoders.base import Decoder, batched_decoder_names, build_decoder
 from cllm_bench.batch_engine import BatchEngine
+from cllm_bench.decoders.base import Decoder, batched_decoder_names, build_decoder
 from cllm_bench.engine import Engine
 from cllm_bench.errors import UserError
 from cllm_bench.models import DEFAULT_MODEL, LoadedModel, load_model
