@@ -25,6 +25,8 @@ _LAZY: dict[str, str] = {
     "Decoder": "cllm_bench.decoders.base",
     "OutputBuffer": "cllm_bench.decoders.base",
     "build_decoder": "cllm_bench.decoders.base",
+    "new_outputs": "cllm_bench.decoders.base",
+    "BatchEngine": "cllm_bench.batch_engine",
     "Engine": "cllm_bench.engine",
     "Trace": "cllm_bench.trace",
     "Step": "cllm_bench.trace",

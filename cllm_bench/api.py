@@ -36,6 +36,12 @@ Invariants a decoder keeps (``cllm-bench check-decoder`` and the tests verify ea
    given the verified prefix). A sampling decoder sets ``lossless = False``.
 7. **No clocks, no metrics.** The runner times and the metrics module derives every
    number from the trace.
+8. **Batch path (optional).** ``supports_batch = True`` plus
+   ``generate_batch(engine, prompts, max_new_tokens, eos_ids) -> list[Trace]`` on a
+   :class:`BatchEngine` (``prefill(prompts)`` -> [B, V]; ``forward(ids [B, k], counts)``
+   -> [B, k, V]; ``truncate(lengths)`` = per-row rollback; :func:`new_outputs` makes one
+   trace and one buffer per prompt). Each row obeys 1-7 and, when lossless, equals
+   ``generate`` on that prompt alone.
 
 A task subclasses :class:`Task` (registered with ``@register_task("name")``) and
 implements ``samples(limit)``, ``prompt_ids(sample, tokenizer, previous_answers)``
@@ -46,7 +52,8 @@ None when not computed). Options arrive as :class:`TaskOptions` in ``self.option
 
 from __future__ import annotations
 
-from cllm_bench.decoders.base import Decoder, OutputBuffer, build_decoder
+from cllm_bench.batch_engine import BatchEngine
+from cllm_bench.decoders.base import Decoder, OutputBuffer, build_decoder, new_outputs
 from cllm_bench.engine import Engine
 from cllm_bench.errors import DataError, UserError
 from cllm_bench.registry import DECODERS, TASKS, register_decoder, register_task
@@ -55,6 +62,7 @@ from cllm_bench.tasks.data_files import read_jsonl
 from cllm_bench.trace import JacobiBlock, Step, Trace, TraceError, check_trace
 
 __all__ = [
+    "BatchEngine",
     "DECODERS",
     "TASKS",
     "DataError",
@@ -73,6 +81,7 @@ __all__ = [
     "check_trace",
     "encode_chat",
     "encode_raw",
+    "new_outputs",
     "read_jsonl",
     "register_decoder",
     "register_task",
