@@ -6,9 +6,10 @@
 #
 # Usage: TASK=gsm8k|spider scripts/reproduce.sh [MODEL]   (default: smollm2-135m, the embedded model)
 # (scripts/reproduce_gsm8k.sh and scripts/reproduce_spider.sh set TASK)
-# Sizes (environment): N_TRAIN prompts for trajectories/training (default 5000 on GPU, 120 on CPU),
-# N_EVAL test questions (default 500 / 12), MAX_NEW tokens per answer (256 / 96), N block size (16),
-# CLLM_STEPS optimiser updates for `train cllm` (all / 240), CLLM_LR (2e-5 / 1e-4), DATA (../shared/data),
+# Sizes (environment): N_TRAIN prompts for trajectories/training (default 5000 on GPU, 300 on CPU),
+# N_EVAL test questions (default 500 / 20), MAX_NEW tokens per answer (256 / 64), N block size (16),
+# CLLM_STEPS optimiser updates for `train cllm` (all / 300), CLLM_LR (2e-5 / 1e-4), DATA (../shared/data),
+# (the CPU defaults are the committed results/reproduce-gsm8k run: about 1 h 40 min on 2 cores)
 # WORK (runs/reproduce-gsm8k: checkpoints, never committed), RESULTS (results/reproduce-gsm8k).
 set -euo pipefail
 TASK=${TASK:-gsm8k}
@@ -19,7 +20,7 @@ RESULTS=${RESULTS:-results/reproduce-$TASK}
 if python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   GPU=1; : "${N_TRAIN:=5000}" "${N_EVAL:=500}" "${MAX_NEW:=256}" "${CLLM_LR:=2e-5}" "${CLLM_STEPS:=0}" "${BATCH:=32}"
 else
-  GPU=0; : "${N_TRAIN:=120}" "${N_EVAL:=12}" "${MAX_NEW:=96}" "${CLLM_LR:=1e-4}" "${CLLM_STEPS:=240}" "${BATCH:=1}"
+  GPU=0; : "${N_TRAIN:=300}" "${N_EVAL:=20}" "${MAX_NEW:=64}" "${CLLM_LR:=1e-4}" "${CLLM_STEPS:=300}" "${BATCH:=1}"
 fi
 N=${N:-16}
 mkdir -p "$WORK" "$RESULTS"
@@ -29,6 +30,8 @@ LOG="$RESULTS/commands.md"
   echo
   echo "model: $MODEL; GPU: $GPU; train prompts: $N_TRAIN; eval questions: $N_EVAL; max new tokens: $MAX_NEW;"
   echo "block size n: $N; cllm lr: $CLLM_LR; cllm max steps: ${CLLM_STEPS} (0 = one full epoch); started $(date -u +%FT%TZ)"
+  echo
+  echo "invocation: \`N_TRAIN=$N_TRAIN N_EVAL=$N_EVAL MAX_NEW=$MAX_NEW CLLM_STEPS=$CLLM_STEPS CLLM_LR=$CLLM_LR BATCH=$BATCH TASK=$TASK WORK=$WORK RESULTS=$RESULTS scripts/reproduce.sh $MODEL\`"
   echo
   echo "| step | command | wall time (s) |"
   echo "| --- | --- | ---: |"
