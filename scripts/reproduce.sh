@@ -9,6 +9,7 @@
 # Sizes (environment): N_TRAIN prompts for trajectories/training (default 5000 on GPU, 300 on CPU),
 # N_EVAL test questions (default 500 / 20), MAX_NEW tokens per answer (256 / 64), N block size (16),
 # CLLM_STEPS optimiser updates for `train cllm` (all / 300), CLLM_LR (2e-5 / 1e-4), DATA (../shared/data),
+# DRAFT_LAYERS decoder layers of the base kept for the distilled draft's initialisation (6).
 # (the CPU defaults are the committed results/reproduce-gsm8k run: about 1 h 40 min on 2 cores)
 # WORK (runs/reproduce-gsm8k: checkpoints, never committed), RESULTS (results/reproduce-gsm8k).
 set -euo pipefail
@@ -23,6 +24,7 @@ else
   GPU=0; : "${N_TRAIN:=300}" "${N_EVAL:=20}" "${MAX_NEW:=64}" "${CLLM_LR:=1e-4}" "${CLLM_STEPS:=300}" "${BATCH:=1}"
 fi
 N=${N:-16}
+DRAFT_LAYERS=${DRAFT_LAYERS:-6}
 mkdir -p "$WORK" "$RESULTS"
 LOG="$RESULTS/commands.md"
 {
@@ -54,7 +56,7 @@ step cllm cllm-bench train cllm --model "$MODEL" --trajectories "$WORK/traj" --o
   --lr "$CLLM_LR" --use-gt-labels "${STEPS_FLAG[@]}" "${CPU_FLAG[@]}"
 step medusa cllm-bench train medusa --model "$MODEL" --data "$WORK/traj" --heads 4 --out "$WORK/medusa" \
   "${CPU_FLAG[@]}"
-step draft cllm-bench train draft --model "$MODEL" --draft-init self:layers=6 --data "$WORK/traj" \
+step draft cllm-bench train draft --model "$MODEL" --draft-init self:layers=$DRAFT_LAYERS --data "$WORK/traj" \
   --out "$WORK/draft" "${CPU_FLAG[@]}"
 step sft cllm-bench train sft --model "$MODEL" --data "$TASK" --data-dir "$DATA" --limit "$N_TRAIN" \
   --out "$WORK/sft" "${STEPS_FLAG[@]}" "${CPU_FLAG[@]}"

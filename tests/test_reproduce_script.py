@@ -1,0 +1,43 @@
+"""scripts/reproduce_gsm8k.sh end to end on a tiny random model: every step runs, the
+results folder holds what README's Results section promises (small files only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, SHARED_DATA
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "gsm8k").is_dir(), reason="needs ../shared/data/gsm8k")
+def test_reproduce_gsm8k_script_runs_end_to_end(tiny_model_dir, tmp_path):
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        N_TRAIN="3", N_EVAL="2", MAX_NEW="6", N="4", CLLM_STEPS="2", DRAFT_LAYERS="1", CUDA_VISIBLE_DEVICES="",
+        DATA=str(SHARED_DATA), WORK=str(tmp_path / "work"), RESULTS=str(tmp_path / "results"),
+        OMP_NUM_THREADS="1",
+    )  # fmt: skip
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "reproduce_gsm8k.sh"), str(tiny_model_dir)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = tmp_path / "results"
+    for name in ("commands.md", "report.md", "report.html", "summary-base.json", "summary-cllm.json",
+                 "summary-sft.json", "manifest-traj.json", "manifest-cllm.json", "speedup.png"):  # fmt: skip
+        assert (results / name).is_file(), name
+    log = (results / "commands.md").read_text()
+    for step in ("trajectories", "cllm", "medusa", "draft", "sft", "run-base", "run-cllm", "run-sft", "report"):
+        assert f"| {step} |" in log
+    assert "invocation: `N_TRAIN=3 N_EVAL=2 MAX_NEW=6" in log and "finished" in log
+    base = json.loads((results / "summary-base.json").read_text())
+    decoders = {row["decoder"].split(":")[0] for row in base["results"]}
+    assert {"ar", "jacobi", "lookahead", "prompt_lookup", "speculative", "medusa", "hf"} <= decoders
+    cllm_rows = json.loads((results / "summary-cllm.json").read_text())["results"]
+    assert {row["decoder"] for row in cllm_rows} >= {"ar", "cllm:n=4", "cllm:n=4,lookahead=true", "jacobi:n=4"}
+    assert all(row["match_ar"] == 1.0 for row in base["results"] + cllm_rows)  # float32: lossless decoders match
+    assert max(p.stat().st_size for p in results.iterdir()) < 2_000_000  # small files only, no checkpoints
