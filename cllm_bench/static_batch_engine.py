@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 
 from cllm_bench import kv_cache
 from cllm_bench.batch_engine import BatchEngine, pad_batch
-from cllm_bench.static_engine import DEFAULT_BUCKETS, bucket_size
+from cllm_bench.static_engine import DEFAULT_BUCKETS, bucket_size, compiled_decode
 
 
 class StaticBatchEngine(BatchEngine):
@@ -55,13 +55,7 @@ class StaticBatchEngine(BatchEngine):
         self._rows = -1  # batch size the cache is laid out for
         super().__init__(model, pad_id=pad_id, on_prefill_done=on_prefill_done, compact_slack=compact_slack)
         self._columns = torch.arange(max_cache_len, device=self.device)
-        if compile:
-            limit = getattr(torch._dynamo.config, "recompile_limit", None)
-            if limit is not None and limit < 64:
-                torch._dynamo.config.recompile_limit = 64
-        self._decode_forward = (
-            torch.compile(self._forward_logits, mode=mode, fullgraph=True, dynamic=False) if compile else self._forward_logits
-        )
+        self._decode_forward = compiled_decode(self._forward_logits, compile, mode)
 
     # -- state -----------------------------------------------------------------------
     @property

@@ -37,6 +37,21 @@ def bucket_size(k: int, buckets: tuple[int, ...]) -> int:
     return k
 
 
+def compiled_decode(forward: Callable[..., torch.Tensor], compile: bool, mode: str) -> Callable[..., torch.Tensor]:
+    """``forward`` compiled with static shapes and the whole graph (``fullgraph``), or as is.
+
+    Compiling raises dynamo's recompile limit to 64: there is one graph per (engine, block
+    bucket), and a run with a draft engine and several buckets needs more than the
+    default 8 compilations of one function.
+    """
+    if not compile:
+        return forward
+    limit = getattr(torch._dynamo.config, "recompile_limit", None)
+    if limit is not None and limit < 64:
+        torch._dynamo.config.recompile_limit = 64
+    return torch.compile(forward, mode=mode, fullgraph=True, dynamic=False)
+
+
 class StaticEngine(Engine):
     """Engine over a static cache; see the module docstring.
 
@@ -62,15 +77,7 @@ class StaticEngine(Engine):
         self._columns = torch.arange(max_cache_len, device=self.device)
         self._length_t = torch.zeros((), dtype=torch.long, device=self.device)  # == self._length, on device
         self._causal: dict[int, torch.Tensor] = {}
-        if compile:
-            # one graph per (engine, bucket): a run with a draft engine and several buckets
-            # needs more than dynamo's default of 8 compilations of this function
-            limit = getattr(torch._dynamo.config, "recompile_limit", None)
-            if limit is not None and limit < 64:
-                torch._dynamo.config.recompile_limit = 64
-        self._decode_forward = (
-            torch.compile(self._forward_logits, mode=mode, fullgraph=True, dynamic=False) if compile else self._forward_logits
-        )
+        self._decode_forward = compiled_decode(self._forward_logits, compile, mode)
 
     # -- state -----------------------------------------------------------------------
     @torch.inference_mode()
