@@ -17,6 +17,10 @@ variant "(b)" that the reference uses for its speed/fast-forward numbers):
 4. Stop as soon as the known-correct tokens contain EOS or reach ``max_new_tokens`` —
    no forward is spent converging positions past the end.
 
+:class:`BlockRun` is that state machine for one block; :meth:`JacobiDecoder.generate`
+drives one, :meth:`JacobiDecoder.generate_batch` one per row of a batch (each row at its
+own iteration, its own verified prefix kept per row by the batched engine).
+
 The last block is shortened to the remaining budget. The trace holds one step per forward
 and the full block state after every iteration (``Trace.blocks``), from which
 :mod:`cllm_bench.metrics` derives fast-forwarded and stationary counts.
