@@ -304,6 +304,7 @@ class SpeculativeDecoder(Decoder):
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         parse_draft(self.draft)  # fail fast on a malformed draft spec
         self.lossless = self.temperature == 0  # type: ignore[misc]  # instance value shadows the ClassVar
+        self.supports_batch = self.temperature == 0  # type: ignore[misc]  # the batched path is greedy only
         self._draft_model: Any = None
         self._draft_for: Any = None  # the target model the draft was built for
         self._draft_engine: Engine | BatchEngine | None = None

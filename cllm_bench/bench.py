@@ -182,7 +182,20 @@ def _measure(name: str, decoder: Decoder, engine: Engine | BatchEngine, prompts:
     return Measurement(name, tokens, forwards, times, warm, outputs)
 
 
+def check_batchable(cfg: BenchConfig) -> None:
+    """At batch > 1 every decoder needs a batched path; say which do not, before any loading."""
+    if cfg.batch_size <= 1:
+        return
+    unbatched = [d for d in ["ar", *cfg.decoders] if not build_decoder(d).supports_batch]
+    if unbatched:
+        raise UserError(
+            f"decoders without a batched path at --batch-size {cfg.batch_size}: {', '.join(unbatched)}; "
+            f"batched decoders: {', '.join(batched_decoder_names())}"
+        )
+
+
 def run_bench(cfg: BenchConfig, console: Console) -> Path:
+    check_batchable(cfg)
     loaded: LoadedModel = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     device = loaded.device
     tok = loaded.tokenizer
@@ -195,13 +208,6 @@ def run_bench(cfg: BenchConfig, console: Console) -> Path:
     eos = loaded.eos_ids if cfg.stop_at_eos else frozenset()
     kind, comp = resolve_engine(cfg, device)
     batch = cfg.batch_size
-    if batch > 1:
-        unbatched = [d for d in ["ar", *cfg.decoders] if not build_decoder(d).supports_batch]
-        if unbatched:
-            raise UserError(
-                f"decoders without a batched path at --batch-size {cfg.batch_size}: {', '.join(unbatched)}; "
-                f"batched decoders: {', '.join(batched_decoder_names())}"
-            )
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     capacity = max(len(p) for p in prompts) + cfg.max_new_tokens + 512
     if batch > 1:  # room for holes between compactions (at most 1.5x the longest row + slack)

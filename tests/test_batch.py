@@ -204,12 +204,13 @@ def test_bench_batch_size_on_the_static_engine(tiny_model_dir, tmp_path):
     assert all(r["match_hf_eager"] and r["generated_tokens"] == 12 for r in rows.values())
 
 
-def test_bench_batch_size_refuses_unbatched_decoder(tiny_model_dir, tmp_path, capsys):
-    rc = main(["bench", "--model", str(tiny_model_dir), "--batch-size", "2", "--decoders", "lookahead",
+@pytest.mark.parametrize("spec", ["lookahead", "cllm:lookahead=true", "speculative:temperature=0.5"])
+def test_bench_batch_size_refuses_unbatched_decoder(tiny_model_dir, tmp_path, capsys, spec):
+    rc = main(["bench", "--model", str(tiny_model_dir), "--batch-size", "2", "--decoders", spec,
                "--output-path", str(tmp_path)])  # fmt: skip
     assert rc == 2
     err = capsys.readouterr().err
-    assert "lookahead" in err and "batched decoders" in err and "Traceback" not in err
+    assert spec in err and "batched decoders" in err and "Traceback" not in err
     assert not list(tmp_path.glob("bench-*.json"))
 
 

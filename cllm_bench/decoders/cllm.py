@@ -118,6 +118,7 @@ class CLLMDecoder(JacobiDecoder):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.supports_batch = not self.lookahead  # type: ignore[misc]  # the pool branch has no batched path
         if self.ngram < 2:
             raise ValueError(f"ngram must be >= 2, got {self.ngram}")
         if self.g < 1 or self.guesses < 0:
