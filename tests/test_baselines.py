@@ -25,15 +25,6 @@ NO_EOS = frozenset({10_000})
 CYCLE = list(range(3, 10))  # the cyclic model's greedy output loops over 3..9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny float64 models run ~20x faster on one CPU thread than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def run(model, spec, prompt: list[int], max_new: int, eos=NO_EOS, decoder=None):
     """Generate with ``spec`` (or an already built ``decoder``); check the trace contract."""
     engine = Engine(model)

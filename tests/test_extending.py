@@ -14,7 +14,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 from rich.console import Console
 
 from cllm_bench.conformance import check_decoder
@@ -28,14 +27,6 @@ from cllm_bench.tasks.template import load_task_template
 from conftest import REPO, prompts
 
 EXAMPLES = REPO / "examples"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)

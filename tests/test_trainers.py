@@ -39,14 +39,6 @@ CHAT_TEMPLATE = (
 EOS = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_tokenizer():
     """A word-level fast tokenizer over the 96 ids of the tiny models, with a chat template."""
     from tokenizers import Tokenizer, models, pre_tokenizers
