@@ -7,7 +7,7 @@ import torch
 
 from cllm_bench.baselines.lookahead import column_ngrams, slide_window, step_layout
 from conftest import prompts
-from test_baselines import CYCLE, _one_thread, cyclic_model, eos_mid_output, run  # noqa: F401
+from test_baselines import CYCLE, cyclic_model, eos_mid_output, run
 
 SPECS = [
     "lookahead",

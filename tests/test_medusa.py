@@ -17,7 +17,7 @@ from cllm_bench.engine import Engine
 from cllm_bench.errors import UserError
 from cllm_bench.medusa_heads import MedusaHeads
 from conftest import prompts
-from test_baselines import _one_thread, cyclic_model, eos_mid_output, map_matrix, run, tokens_per_forward  # noqa: F401
+from test_baselines import cyclic_model, eos_mid_output, map_matrix, run, tokens_per_forward
 
 
 def with_heads(model, heads: MedusaHeads, **params) -> MedusaDecoder:

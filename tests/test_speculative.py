@@ -11,7 +11,7 @@ from cllm_bench.engine import Engine
 from cllm_bench.errors import UserError
 from cllm_bench.models import wrap_model
 from conftest import VOCAB, prompts, tiny_llama
-from test_baselines import _one_thread, eos_mid_output, run  # noqa: F401
+from test_baselines import eos_mid_output, run
 
 
 @pytest.fixture(scope="module")
