@@ -93,6 +93,12 @@ class Task(ABC):
     def aggregate(self, scores: list[dict[str, Any]]) -> dict[str, Any]:
         """Task metrics from per-sample scores; must contain ``accuracy`` (None if not computed)."""
 
+    def reference_answer(self, sample: Sample, tokenizer: Any) -> str | None:
+        """The gold answer as text in the form :meth:`prompt_ids` asks for, or None when the
+        task has none. Trainers use it as the target of supervised training on the task's
+        ``train`` split, so training and evaluation prompts come from one place."""
+        return None
+
     # helpers shared by the built-in tasks -------------------------------------------------
     def use_chat(self, tokenizer: Any) -> bool:
         style = self.options.prompt_style

@@ -239,6 +239,15 @@ class GSM8K(Task):
     def stop_strings(self, sample: Sample) -> list[str]:
         return list(STOP_STRINGS)
 
+    def reference_answer(self, sample: Sample, tokenizer: Any) -> str | None:
+        """The reference solution with its calculator annotations (``<<48/2=24>>``) removed
+        and ``#### N`` written as the sentence every prompt style asks for, "The answer is N."."""
+        answer = sample.data.get("answer")
+        if answer is None:
+            return None
+        reasoning, _, _ = re.sub(r"<<[^>]*>>", "", answer).rpartition("####")
+        return f"{reasoning.strip()}\nThe answer is {sample.data['gold']}."
+
     def score(self, sample: Sample, completions: list[str]) -> dict[str, Any]:
         return score_completion(completions[0] if completions else "", sample.data["gold"])
 

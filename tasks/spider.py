@@ -6,7 +6,13 @@ Examples whose database file is missing are skipped, never scored as wrong: the 
 per reason is in :attr:`Spider.skipped` (``{"missing_database:wta_1": 62}`` for the
 shared copy, which lacks wta_1) and in the aggregate under ``skipped``.
 
-Prompts: the schema is read from the database itself. Chat models get the CREATE TABLE
+Prompts: the schema comes from ``spider/tables.json`` when the data dir has it (task
+argument ``schema=auto``, the default; ``schema=tables`` requires it), rendered the same way
+for every database, so train and dev prompts share one format; ``schema=database`` reads
+the CREATE statements of the .sqlite file itself. The ``train`` split needs no databases
+when tables.json has their schemas (the shared copy has no train databases): its samples
+are training prompts (see :meth:`Spider.reference_answer`), not scored by execution.
+Chat models get the CREATE TABLE
 statements and are asked for the SQL alone in a ```sql block; base models get the CLLM
 reference format ``### Instruction:\\nCould you translate ... The SQL database has table
 named T with columns [...], ... Question: ...\\n### Response:\\n``.
@@ -56,6 +62,10 @@ from cllm_bench.tasks.data_files import (
 )
 
 SPLIT_FILES = {"dev": "dev.json", "train": "train_spider.json"}
+#: where prompts take the schema from: "tables" = spider/tables.json (one rendering for
+#: every database, train and dev alike), "database" = the .sqlite file's own CREATE
+#: statements, "auto" = tables.json when the data dir has it
+SCHEMA_SOURCES = ("auto", "tables", "database")
 EXECUTION_DISABLED_NOTE = (
     "SQL execution disabled: pass --allow-code-execution to compute execution accuracy "
     "(exact_set_match needs no execution)"
@@ -110,6 +120,36 @@ def read_schema(db_path: Path) -> tuple[TableSchema, ...]:
         conn.close()
 
 
+def schema_from_tables_json(entry: dict[str, Any]) -> tuple[TableSchema, ...]:
+    """The schema of one ``tables.json`` entry, with one compact CREATE TABLE per table.
+
+    Column names and types, primary and foreign keys come from the entry's ``*_original``
+    fields; the rendering is the same for every database, train and dev alike (Spider's
+    own .sqlite files were written by hand in many styles), e.g.
+    ``CREATE TABLE singer (Singer_ID number PRIMARY KEY, Name text, FOREIGN KEY (x) REFERENCES t(y))``.
+    """
+    names = entry.get("table_names_original") or entry.get("table_names") or []
+    columns = entry.get("column_names_original") or entry.get("column_names") or []
+    types = entry.get("column_types") or ["text"] * len(columns)
+    primary = set(entry.get("primary_keys") or [])
+    out = []
+    for t_index, t_name in enumerate(names):
+        parts, keys = [], []
+        for c_index, (owner, c_name) in enumerate(columns):
+            if owner != t_index:
+                continue
+            parts.append(f"{c_name} {types[c_index]}" + (" PRIMARY KEY" if c_index in primary else ""))
+        for src, dst in entry.get("foreign_keys") or []:
+            if columns[src][0] == t_index:
+                keys.append(f"FOREIGN KEY ({columns[src][1]}) REFERENCES {names[columns[dst][0]]}({columns[dst][1]})")
+        out.append(TableSchema(
+            name=t_name,
+            columns=tuple(c for owner, c in columns if owner == t_index),
+            create_sql=f"CREATE TABLE {t_name} ({', '.join(parts + keys)})",
+        ))
+    return tuple(out)
+
+
 def raw_prompt(schema: tuple[TableSchema, ...], question: str) -> str:
     """The CLLM reference prompt (``build_instruction_prompt`` of the CLLM code)."""
     tables = "".join(f"table named {t.name} with columns {list(t.columns)}, " for t in schema)
@@ -119,7 +159,7 @@ def raw_prompt(schema: tuple[TableSchema, ...], question: str) -> str:
 
 def chat_messages(schema: tuple[TableSchema, ...], question: str) -> list[dict[str, str]]:
     """The user turn for chat models: CREATE TABLE statements, the instruction, the question."""
-    ddl = ";\n\n".join(t.create_sql for t in schema) + ";"
+    ddl = ";\n".join(t.create_sql for t in schema) + ";"
     content = f"SQLite database schema:\n\n{ddl}\n\n{CHAT_INSTRUCTION}\n\nQuestion: {question}"
     return [{"role": "user", "content": content}]
 
@@ -344,6 +384,7 @@ class Spider(Task):
         super().__init__(options)
         self.skipped: dict[str, int] = {}
         self._schemas: dict[str, tuple[TableSchema, ...]] = {}
+        self._tables: dict[str, dict[str, Any]] | None = None
 
     def samples(self, limit: int | None = None) -> list[Sample]:
         split = choice_option(self.options.extra, "split", "dev", tuple(SPLIT_FILES), "spider")
@@ -354,10 +395,13 @@ class Spider(Task):
             raise DataError(f"{path}: expected a JSON list of examples; is this the right file?")
         samples: list[Sample] = []
         skipped: Counter[str] = Counter()
+        tables = self.tables_json()
         for i, record in enumerate(records):
             require_fields(record, ("question", "query", "db_id"), f"{path} record {i}")
             db = database_path(data_dir, record["db_id"])
-            if not db.is_file():
+            if split == "train" and tables is not None and record["db_id"] in tables:
+                pass  # training prompts: the schema comes from tables.json, no database needed
+            elif not db.is_file():
                 skipped[f"missing_database:{record['db_id']}"] += 1
                 continue
             data = {"question": record["question"], "query": record["query"], "db_id": record["db_id"], "db_path": str(db)}
@@ -371,12 +415,39 @@ class Spider(Task):
             )
         return samples if limit is None else samples[:limit]
 
+    def tables_json(self) -> dict[str, dict[str, Any]] | None:
+        """``spider/tables.json`` by db_id when the schema comes from it (task argument
+        ``schema=tables``, or ``auto`` and the file exists), else None (read the databases)."""
+        if self._tables is not None:
+            return self._tables or None
+        source = choice_option(self.options.extra, "schema", "auto", SCHEMA_SOURCES, "spider")
+        path = None if self.options.data_dir is None else Path(self.options.data_dir) / "spider" / "tables.json"
+        if source == "database" or (source == "auto" and (path is None or not path.is_file())):
+            self._tables = {}
+            return None
+        entries = read_json(data_file(self.options.data_dir, "spider/tables.json", "spider"))
+        if not isinstance(entries, list):
+            raise DataError(f"{path}: expected a JSON list of database schemas; is this the right file?")
+        self._tables = {e["db_id"]: e for e in entries if isinstance(e, dict) and "db_id" in e}
+        return self._tables
+
     def schema(self, sample: Sample) -> tuple[TableSchema, ...]:
-        """The schema of the sample's database (read once per database and task object)."""
+        """The schema of the sample's database (read once per database and task object):
+        from ``tables.json`` (see :meth:`tables_json`) or the database file itself."""
         db_id = sample.data["db_id"]
         if db_id not in self._schemas:
-            self._schemas[db_id] = read_schema(Path(sample.data["db_path"]))
+            tables = self.tables_json()
+            if tables is not None and db_id in tables:
+                self._schemas[db_id] = schema_from_tables_json(tables[db_id])
+            else:
+                self._schemas[db_id] = read_schema(Path(sample.data["db_path"]))
         return self._schemas[db_id]
+
+    def reference_answer(self, sample: Sample, tokenizer: Any) -> str:
+        """The gold answer in the form the prompt asks for (a ```sql block for chat
+        prompts, the bare query for the reference's raw prompt): training targets."""
+        query = sample.data["query"]
+        return f"```sql\n{query}\n```" if self.use_chat(tokenizer) else query
 
     def prompt_ids(self, sample: Sample, tokenizer: Any, previous_answers: list[str] | None = None) -> list[int]:
         schema, question = self.schema(sample), sample.data["question"]

@@ -272,13 +272,16 @@ def test_trajectory_records(traj, target):
     assert decode(loaded.model, "ar", first["prompt_ids"]).tokens == first["answer_ids"]
 
 
-def test_cllm_raises_jacobi_tokens_per_forward_and_stays_lossless(work, target, traj):
-    out = work / "cllm"
+@pytest.mark.parametrize("path", [("--no-packed", "--epochs", "3"), ("--packed", "--epochs", "5")], ids=["per-record", "packed"])
+def test_cllm_raises_jacobi_tokens_per_forward_and_stays_lossless(work, target, traj, path):
+    out = work / f"cllm{path[0]}"
     train("cllm", "--model", target, "--trajectories", traj, "--out", out, "--lr", "1e-3",
-          "--max-steps", "400", "--epochs", "3")
+          "--max-steps", "400", *path)
     m = manifest(out)
     assert m["kind"] == "cllm" and m["n"] == 8 and m["updates"] == 400
-    losses = m["losses"]
+    # the packed path's AR term covers every answer token (label-smoothing floor): its
+    # consistency term is the one that must fall
+    losses = m["losses"] if path[0] == "--no-packed" else m["loss_terms"]["consistency"]
     assert sum(losses[-50:]) < 0.8 * sum(losses[:50])
     rows = key_corpus(160)[:20]
     before, _ = tokens_per_forward(load_model(str(target), dtype="float32", device="cpu").model, rows, 8)
@@ -417,10 +420,11 @@ def test_text_sources_render_prompts(work):
     (data / "spider" / "train_spider.json").write_text(json.dumps([
         {"question": "w10 w11", "query": "w50 w51", "db_id": "db"}, {"question": "w12", "query": "w52", "db_id": "gone"}]))
     spider = common.load_examples("spider", tok, eos_id=EOS, data_dir=data)
-    assert len(spider) == 1 and spider[0].answer_ids == [50, 51, EOS]
+    # the task's own prompts and answers: a chat prompt asks for a ```sql block (unknown words -> 5)
+    assert len(spider) == 1 and spider[0].answer_ids == [5, 50, 51, 5, EOS]
     assert spider[0].prompt_ids[0] == 3 and spider[0].prompt_ids[-1] == 4  # <user> ... <asst>
     raw = common.load_examples("spider", tok, eos_id=EOS, data_dir=data, prompt_style="raw")
-    assert 3 not in raw[0].prompt_ids
+    assert 3 not in raw[0].prompt_ids and raw[0].answer_ids == [50, 51, EOS]  # raw: the bare query
     code = common.load_examples("humaneval-style", tok, eos_id=EOS, limit=3)
     assert len(code) == 3 and all(e.answer_ids is None for e in code)
     write_jsonl(work / "msgs.jsonl", [{"messages": [{"role": "user", "content": "w9"}, {"role": "assistant", "content": "w8"}]}])

@@ -83,6 +83,13 @@ def add_trajectories(sub: Any) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=1,
                    help="1: Jacobi decoder with KV cache; B > 1: B prompts per batch without KV cache")
     p.add_argument("--init", choices=("random", "repeat"), default="random", help="initial guess of a block")
+    p.add_argument("--collector", choices=("decoder", "packed"), default="decoder",
+                   help="decoder: Jacobi-decode each prompt (--batch-size > 1: batched, no KV cache); packed: greedy "
+                        "answers by batched `ar` (--batch-size prompts at once), then every block's states in one "
+                        "packed forward per iteration (same states, fewer forwards)")
+    p.add_argument("--states", choices=("jacobi", "noised"), default="jacobi",
+                   help="packed collector: true Jacobi states, or noised ones (correct prefix + random suffix)")
+    p.add_argument("--noised-per-block", type=_positive_int, default=8, help="states per block with --states noised")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     p.add_argument("--cpu", action="store_true")
@@ -98,6 +105,23 @@ def add_cllm(sub: Any) -> None:
     p.add_argument("--consistency", choices=("global", "local"), default="global",
                    help="global: target = fixed point (reference); local: target = next state")
     p.add_argument("--use-gt-labels", action="store_true", help="AR loss on the gold answer instead of y*")
+    p.add_argument("--packed", action=argparse.BooleanOptionalAction, default=None,
+                   help="all blocks and several states of a prompt in one forward over the cached prompt (the "
+                        "default, except with --consistency local or --use-gt-labels); --no-packed: the "
+                        "reference's one state of one block per step")
+    p.add_argument("--states-per-block", type=int, default=4,
+                   help="packed: intermediate states drawn per block and update (0: all)")
+    c = p.add_argument_group("learning curves")
+    c.add_argument("--eval-every", type=int, default=0, help="Jacobi-decode the curve prompts every K updates (0: off)")
+    c.add_argument("--eval-prompts", default=None, help="task whose --eval-split gives held-out prompts (e.g. spider)")
+    c.add_argument("--eval-split", default="dev", help="split of --eval-prompts (default dev)")
+    c.add_argument("--eval-limit", type=int, default=8, help="prompts per curve set (held-out and training)")
+    c.add_argument("--eval-n", type=int, default=0, help="block size of the curve's Jacobi decoding (0: the trajectories' n)")
+    c.add_argument("--eval-max-new-tokens", type=_positive_int, default=64)
+    c.add_argument("--data-dir", default=None, help="root of the task data (for --eval-prompts)")
+    c.add_argument("--prompt-style", choices=("auto", "chat", "raw"), default="auto")
+    c.add_argument("--allow-code-execution", action="store_true",
+                   help="score the held-out set by executing code/SQL (sandboxed), as `run` does")
     p.add_argument("--ar-tokens", choices=("all", "answer"), default="all",
                    help="AR loss on every position (reference) or on the answer tokens only")
     add_training_flags(p, lr=2e-5, batch_size=1)

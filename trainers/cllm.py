@@ -23,6 +23,7 @@ with ``cllm-bench run --models DIR --decoders cllm`` (or ``jacobi``).
 from __future__ import annotations
 
 import argparse
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,34 +190,109 @@ def make_step(acc: Any, model: Any, *, ar_weight: float, label_smoothing: float,
 
 
 # --------------------------------------------------------------------------- command
+def curve_sets(args: argparse.Namespace, loaded: Any, prompts: list[list[int]]) -> tuple[list[Any], Any]:
+    """The learning-curve prompt sets (held-out task split + first training prompts) and
+    the task object that scores the held-out set (None without ``--eval-prompts``)."""
+    from cllm_bench.trainers.curves import CurveSet
+
+    sets = [CurveSet("train", [list(p) for p in prompts[: args.eval_limit]])]
+    if not args.eval_prompts:
+        return sets, None
+    task, samples = common.task_samples(
+        args.eval_prompts, args.data_dir, args.eval_split, args.eval_limit, args.prompt_style, args.allow_code_execution
+    )
+    held = [task.prompt_ids(s, loaded.tokenizer) for s in samples]
+    train_set = {tuple(p) for p in prompts}
+    if any(tuple(h) in train_set for h in held):
+        raise UserError(f"--eval-prompts {args.eval_prompts} split {args.eval_split}: some prompts are training prompts")
+    return [CurveSet("heldout", held, samples)] + sets, task
+
+
 def run(args: argparse.Namespace, console: Any = None) -> int:
     """``cllm-bench train cllm``: train, save the HF checkpoint + manifest in ``--out``."""
+    from cllm_bench.trainers.cllm_packed import PackedDataset, collate_items, group_records, make_packed_step
+    from cllm_bench.trainers.curves import curve_point
+
     if args.consistency not in CONSISTENCY_FORMS:
         raise UserError(f"--consistency must be one of {CONSISTENCY_FORMS}")
     if args.ar_tokens not in ("all", "answer"):
         raise UserError("--ar-tokens must be all or answer")
+    packed = args.packed if args.packed is not None else (args.consistency == "global" and not args.use_gt_labels)
+    if packed and (args.consistency != "global" or args.use_gt_labels):
+        raise UserError("--packed trains the global consistency loss with the AR loss on y*; "
+                        "use --no-packed for --consistency local or --use-gt-labels")
+    if args.eval_every < 0 or args.eval_limit < 1:
+        raise UserError("--eval-every must be >= 0 and --eval-limit >= 1")
     settings = common.settings_from_args(args)
     records, traj_manifest = load_records(Path(args.trajectories), args.use_gt_labels)
+    grouped = group_records(records) if packed else None
     acc = common.make_accelerator(settings.mixed_precision, settings.grad_accum, settings.cpu, settings.seed)
     loaded = common.load_for_training(args.model, args.dtype, args.gradient_checkpointing)
+    common.check_trajectories_match(traj_manifest, loaded, args.model)
     model = loaded.model
+    n = int(traj_manifest.get("n") or 16)
+    train_prompts = [list(g.prompt) for g in grouped] if grouped else [r["prompt_ids"][: r["prompt_len"]] for r in records]
+    sets, task = curve_sets(args, loaded, train_prompts) if args.eval_every else ([], None)
     optimizer = common.make_optimizer(model.parameters(), settings.lr, settings.weight_decay)
     model, optimizer = acc.prepare(model, optimizer)
-    dataset = TrajectoryDataset(records, settings.seed, args.use_gt_labels)
-    collate = CllmCollator(common.pad_token_id(loaded.tokenizer, loaded.model))
-    step = make_step(
-        acc, model, ar_weight=args.ar_weight, label_smoothing=args.label_smoothing, form=args.consistency,
-        ar_tokens=args.ar_tokens, use_gt_labels=args.use_gt_labels,
-    )
-    progress = common.fit(acc, model, optimizer, dataset, collate, step, settings, console, "cllm")
+    if packed:
+        dataset: Any = PackedDataset(grouped, args.states_per_block, settings.seed)
+        collate: Any = collate_items
+        step = make_packed_step(acc, model, ar_weight=args.ar_weight, label_smoothing=args.label_smoothing)
+    else:
+        dataset = TrajectoryDataset(records, settings.seed, args.use_gt_labels)
+        collate = CllmCollator(common.pad_token_id(loaded.tokenizer, loaded.model))
+        step = make_step(
+            acc, model, ar_weight=args.ar_weight, label_smoothing=args.label_smoothing, form=args.consistency,
+            ar_tokens=args.ar_tokens, use_gt_labels=args.use_gt_labels,
+        )
+    eval_kwargs = dict(n=args.eval_n or n, max_new_tokens=args.eval_max_new_tokens, eos_ids=loaded.eos_ids,
+                       task=task, tokenizer=loaded.tokenizer)
+
+    def after_update(progress: common.TrainProgress) -> None:
+        due = args.eval_every and (progress.step % args.eval_every == 0 or progress.step == total_updates(progress))
+        if not due or not acc.is_main_process or any(p["update"] == progress.step for p in progress.curve):
+            return
+        if initial is not None and not progress.curve:
+            progress.curve.append(initial)  # saved with the training state from now on
+        since = progress.curve[-1]["update"] if progress.curve else 0
+        point = curve_point(acc.unwrap_model(model), sets, progress.step, progress.terms, since, **eval_kwargs)
+        point["train_seconds"] = round(progress.seconds, 3)
+        progress.curve.append(point)
+        acc.print(f"curve @ {progress.step}: " + ", ".join(
+            f"{s.name} tok/fwd {point[s.name]['tokens_per_forward']:.3f}" for s in sets))
+
+    def total_updates(progress: common.TrainProgress) -> int:
+        per_epoch = -(-len(dataset) // (settings.batch_size * settings.grad_accum * acc.num_processes))
+        total = per_epoch * settings.epochs
+        return min(total, settings.max_steps) if settings.max_steps else total
+
+    initial = None
+    if args.eval_every and acc.is_main_process:
+        base_file = Path(args.out) / "curve_base.json"
+        if base_file.is_file() and (Path(args.out) / common.STATE_DIR).is_dir():  # resumed: same reference outputs
+            for cset, base in zip(sets, common.read_json(base_file)):
+                cset.base = base
+        else:
+            initial = curve_point(acc.unwrap_model(model), sets, 0, {}, 0, **eval_kwargs)
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            base_file.write_text(json.dumps([cset.base for cset in sets]))
+    progress = common.fit(acc, model, optimizer, dataset, collate, step, settings, console, "cllm", after_update)
+    if initial is not None and not any(p["update"] == 0 for p in progress.curve):
+        progress.curve.insert(0, initial)
     common.save_hf_checkpoint(acc, model, loaded.tokenizer, Path(args.out), args.save_dtype)
     if acc.is_main_process:
+        throughput = common.throughput(progress, settings.grad_accum)
         common.write_manifest(
             Path(args.out), "cllm", model=args.model, trajectories=str(args.trajectories),
-            n=traj_manifest.get("n"), records=len(records), consistency=args.consistency, ar_weight=args.ar_weight,
-            label_smoothing=args.label_smoothing, use_gt_labels=args.use_gt_labels, ar_tokens=args.ar_tokens,
+            n=traj_manifest.get("n"), records=len(records), prompts=len(train_prompts), consistency=args.consistency,
+            ar_weight=args.ar_weight, label_smoothing=args.label_smoothing, use_gt_labels=args.use_gt_labels,
+            ar_tokens=args.ar_tokens, packed=packed, states_per_block=args.states_per_block if packed else 1,
+            throughput=throughput, loss_terms=progress.terms, curve=progress.curve,
+            curve_settings={"eval_every": args.eval_every, "eval_prompts": args.eval_prompts, "eval_split": args.eval_split,
+                            "eval_limit": args.eval_limit, "eval_n": eval_kwargs["n"],
+                            "eval_max_new_tokens": args.eval_max_new_tokens} if args.eval_every else None,
             **common.settings_summary(settings, acc, progress),
         )
         acc.print(f"saved CLLM checkpoint to {args.out} ({progress.step} updates)")
     return 0
-

@@ -3,10 +3,10 @@ the training loop with checkpoint/resume, HF checkpoint saving and the run manif
 
 Data sources (``--prompts`` / ``--data``) resolve to a list of :class:`Example`:
 
-* ``gsm8k``: ``<data-dir>/gsm8k/train.jsonl`` (question -> prompt, answer -> gold answer);
-* ``spider``: ``<data-dir>/spider/train_spider.json`` (question + the schema of ``db_id``
-  from ``<data-dir>/spider/tables.json`` -> prompt, query -> gold answer; the train
-  databases are not needed);
+* ``gsm8k`` and ``spider``: the ``train`` split of the task itself (``tasks/gsm8k.py``,
+  ``tasks/spider.py``): the prompts are built by the same code as the evaluation prompts,
+  the gold answers are ``Task.reference_answer`` (in the form the prompt asks for); Spider
+  takes the schemas from ``spider/tables.json`` (the train databases are not needed);
 * ``humaneval-style``: :data:`CODE_PROMPTS`, a small set of code-completion prompts
   written for cllm-bench (not HumanEval, which is the test set); no gold answers;
 * ``mt-bench-style``: first turns of ``<data-dir>/mt_bench/question.jsonl`` (note: these
@@ -42,20 +42,13 @@ from cllm_bench.batch_engine import pad_batch
 from cllm_bench.errors import DataError, UserError
 
 SOURCE_NAMES = ("gsm8k", "spider", "humaneval-style", "mt-bench-style")
-from cllm_bench.tasks.gsm8k import ZEROSHOT_INSTRUCTION  # noqa: E402
+#: sources read through the task objects (their ``train`` split): the same prompts as evaluation
+TASK_SOURCES = ("gsm8k", "spider")
 
 TRAJECTORY_FILE = "trajectories.jsonl"
 MANIFEST_FILE = "manifest.json"
 STATE_DIR = "training_state"
 
-# the evaluation task's own zero-shot prompt, so a CLLM is trained on the prompts it is measured on
-GSM8K_CHAT = ZEROSHOT_INSTRUCTION.replace("{", "{{").replace("}", "}}") + "\n\n{question}"
-GSM8K_RAW = "Question:\n{question}\nAnswer:\nLet's think step by step.\n"
-SPIDER_INSTRUCTION = (
-    "Could you translate the following question into SQL. Please only generate SQL, don't include "
-    "explanation in the answer. {schema} Question: {question}"
-)
-SPIDER_RAW = "### Instruction:\n{instruction}\n### Response:\n"
 CODE_CHAT = "Complete the following Python function. Reply with the code only.\n\n```python\n{prompt}```"
 CHAT_RAW = "USER: {prompt}\nASSISTANT: "
 
@@ -186,45 +179,6 @@ def require_tokenizer(tokenizer: Any, source: str) -> None:
         raise UserError(f"{source}: text prompts need a tokenizer; the model folder has none")
 
 
-def gsm8k_examples(tokenizer: Any, data_dir: Path | None, prompt_style: str, eos_id: int) -> list[Example]:
-    require_tokenizer(tokenizer, "gsm8k")
-    rows = read_jsonl(data_path(data_dir, "gsm8k/train.jsonl", "gsm8k"))
-    out = []
-    for i, row in enumerate(rows):
-        if "question" not in row or "answer" not in row:
-            raise DataError(f"gsm8k/train.jsonl line {i + 1}: needs question and answer fields")
-        q = row["question"]
-        prompt = encode_prompt(tokenizer, GSM8K_CHAT.format(question=q), GSM8K_RAW.format(question=q), prompt_style)
-        out.append(Example(f"gsm8k_{i}", prompt, encode_answer(tokenizer, row["answer"], eos_id)))
-    return out
-
-
-def spider_schema(table: dict[str, Any]) -> str:
-    """'The SQL database has table named T with columns [a, b], ...' from a tables.json entry."""
-    names = table.get("table_names_original") or table.get("table_names") or []
-    columns = table.get("column_names_original") or table.get("column_names") or []
-    parts = []
-    for t_index, t_name in enumerate(names):
-        cols = [c for owner, c in columns if owner == t_index]
-        parts.append(f"table named {t_name} with columns [{', '.join(cols)}]")
-    return "The SQL database has " + ", ".join(parts) + "."
-
-
-def spider_examples(tokenizer: Any, data_dir: Path | None, prompt_style: str, eos_id: int) -> list[Example]:
-    require_tokenizer(tokenizer, "spider")
-    rows = read_json(data_path(data_dir, "spider/train_spider.json", "spider"))
-    tables = {t["db_id"]: t for t in read_json(data_path(data_dir, "spider/tables.json", "spider"))}
-    out = []
-    for i, row in enumerate(rows):
-        table = tables.get(row.get("db_id"))
-        if table is None:
-            continue  # no schema for this database: skipped (counted in the manifest)
-        instruction = SPIDER_INSTRUCTION.format(schema=spider_schema(table), question=row["question"])
-        prompt = encode_prompt(tokenizer, instruction, SPIDER_RAW.format(instruction=instruction), prompt_style)
-        out.append(Example(f"spider_{i}", prompt, encode_answer(tokenizer, row["query"], eos_id)))
-    return out
-
-
 def code_examples(tokenizer: Any, prompt_style: str) -> list[Example]:
     require_tokenizer(tokenizer, "humaneval-style")
     return [
@@ -315,10 +269,8 @@ def load_examples(
     path = Path(source).expanduser()
     if path.is_dir():
         examples = trajectory_examples(path)
-    elif source == "gsm8k":
-        examples = gsm8k_examples(tokenizer, data_dir, prompt_style, eos_id)
-    elif source == "spider":
-        examples = spider_examples(tokenizer, data_dir, prompt_style, eos_id)
+    elif source in TASK_SOURCES:
+        examples = task_examples(source, tokenizer, data_dir, prompt_style, eos_id, None)
     elif source == "humaneval-style":
         examples = code_examples(tokenizer, prompt_style)
     elif source == "mt-bench-style":
@@ -335,6 +287,83 @@ def load_examples(
     if not examples:
         raise DataError(f"data source {source!r} gave no examples")
     return examples
+
+
+def task_samples(name: str, data_dir: Path | str | None, split: str, limit: int | None, prompt_style: str = "auto",
+                 allow_code_execution: bool = False) -> tuple[Any, list[Any]]:  # fmt: skip
+    """A registered task (``split`` as its task argument) and its first ``limit`` samples:
+    training and held-out prompts come from the same code as the evaluation prompts."""
+    from cllm_bench.registry import TASKS
+    from cllm_bench.tasks.base import TaskOptions
+
+    if name not in TASKS.names():
+        raise UserError(f"unknown task {name!r} for prompts; use one of {', '.join(sorted(TASKS.names()))}")
+    options = TaskOptions(
+        data_dir=None if data_dir is None else Path(data_dir), prompt_style=prompt_style,  # type: ignore[arg-type]
+        allow_code_execution=allow_code_execution, extra={"split": split},
+    )
+    task = TASKS.get(name)(options)
+    return task, task.samples(limit)
+
+
+def task_examples(name: str, tokenizer: Any, data_dir: Path | None, prompt_style: str, eos_id: int, limit: int | None) -> list[Example]:
+    """Training examples of a task's ``train`` split: the task's own prompts and its
+    reference answers (``Task.reference_answer``, in the form its prompt asks for)."""
+    require_tokenizer(tokenizer, name)
+    task, samples = task_samples(name, data_dir, "train", limit, prompt_style)
+    out = []
+    for sample in samples:
+        answer = task.reference_answer(sample, tokenizer)
+        out.append(Example(
+            sample.id, task.prompt_ids(sample, tokenizer),
+            None if answer is None else encode_answer(tokenizer, answer, eos_id),
+        ))
+    return out
+
+
+def check_trajectories_match(manifest: dict[str, Any], loaded: Any, model_spec: str) -> None:
+    """UserError when a trajectories folder was collected with another model / vocabulary
+    than the one about to be trained (its manifest records both)."""
+    if not manifest:
+        return
+    vocab = manifest.get("vocab_size")
+    if vocab is not None and int(vocab) != int(loaded.model.config.vocab_size):
+        raise UserError(
+            f"the trajectories were collected with a model of vocabulary {vocab}, but {model_spec} has "
+            f"{loaded.model.config.vocab_size}; collect them again with `cllm-bench train trajectories --model {model_spec}`"
+        )
+    recorded = manifest.get("model_fingerprint")
+    if recorded is not None and recorded != model_fingerprint(loaded):
+        raise UserError(
+            f"the trajectories were collected with model {manifest.get('model')!r} (another model or tokenizer than "
+            f"{model_spec}); train the model they were collected with, or collect them again with --model {model_spec}"
+        )
+
+
+def model_fingerprint(loaded: Any) -> str:
+    """Architecture + vocabulary + tokenizer identity of a loaded model (not its weights:
+    a CLLM resumed from a checkpoint of the same base still matches)."""
+    import hashlib
+
+    cfg = loaded.model.config
+    tok = loaded.tokenizer
+    parts = [cfg.model_type, cfg.vocab_size, getattr(cfg, "hidden_size", None), getattr(cfg, "num_hidden_layers", None),
+             None if tok is None else len(tok), None if tok is None else tok.convert_ids_to_tokens(list(range(min(64, len(tok)))))]
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
+
+
+def throughput(progress: "TrainProgress", grad_accum: int) -> dict[str, Any]:
+    """Records (prompts) and consistency-loss block positions per second of training."""
+    seconds = progress.seconds or None
+    records = sum(progress.terms.get("records", [])) * grad_accum
+    positions = sum(progress.terms.get("positions", [])) * grad_accum
+    return {
+        "train_seconds": round(progress.seconds, 3),
+        "records": records or None,
+        "records_per_s": round(records / seconds, 4) if seconds and records else None,
+        "consistency_positions": positions or None,
+        "consistency_positions_per_s": round(positions / seconds, 3) if seconds and positions else None,
+    }
 
 
 # --------------------------------------------------------------------------- tensors
@@ -474,6 +503,10 @@ class TrainProgress:
     batches_done: int = 0
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0  # wall time spent in the training loop, summed over resumes
+    #: per update, the mean of every other scalar a step function logs ("ar", "consistency", ...)
+    terms: dict[str, list[float]] = field(default_factory=dict)
+    #: learning-curve points appended by an ``after_update`` callback (kept across resumes)
+    curve: list[dict[str, Any]] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -482,6 +515,8 @@ class TrainProgress:
         self.step, self.epoch, self.batches_done = int(state["step"]), int(state["epoch"]), int(state["batches_done"])
         self.losses = [float(x) for x in state.get("losses", [])]
         self.seconds = float(state.get("seconds", 0.0))
+        self.terms = {k: [float(x) for x in v] for k, v in state.get("terms", {}).items()}
+        self.curve = list(state.get("curve", []))
 
 
 #: A step function: computes the losses of one micro-batch, calls ``accelerator.backward``
@@ -543,6 +578,7 @@ def fit(
     settings: TrainSettings,
     console: Any = None,
     description: str = "training",
+    after_update: Callable[[TrainProgress], None] | None = None,
 ) -> TrainProgress:
     """Run the training loop: gradient accumulation, clipping, cosine schedule, progress,
     periodic ``accelerator.save_state`` into ``out_dir/training_state`` and resume from it.
@@ -577,7 +613,8 @@ def fit(
             loader = probe if progress.epoch == 0 else epoch_loader(
                 acc, dataset, settings.batch_size, collate, settings.seed, progress.epoch
             )
-            run_epoch(acc, model, optimizer, scheduler, loader, step_fn, settings, progress, total, state_dir, bar, task)
+            run_epoch(acc, model, optimizer, scheduler, loader, step_fn, settings, progress, total, state_dir, bar, task,
+                      after_update)
     acc.wait_for_everyone()
     if state_dir.is_dir() and acc.is_main_process and not settings.keep_state:
         shutil.rmtree(state_dir)
@@ -586,15 +623,20 @@ def fit(
     return progress
 
 
-def run_epoch(acc, model, optimizer, scheduler, loader, step_fn, settings, progress, total, state_dir, bar, task) -> None:
+def run_epoch(acc, model, optimizer, scheduler, loader, step_fn, settings, progress, total, state_dir, bar, task,
+              after_update=None) -> None:
     """One (possibly resumed) pass over ``loader``; updates ``progress`` in place."""
     skipped = acc.skip_first_batches(loader, progress.batches_done) if progress.batches_done else loader
     window: list[float] = []
+    term_window: dict[str, list[float]] = {}
     started = time.perf_counter()
     for batch in skipped:
         with acc.accumulate(model):
             logged = step_fn(batch)
             window.append(float(logged["loss"]))
+            for key, value in logged.items():
+                if key != "loss":
+                    term_window.setdefault(key, []).append(float(value))
             if acc.sync_gradients and settings.max_grad_norm > 0:
                 acc.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
             optimizer.step()
@@ -606,11 +648,16 @@ def run_epoch(acc, model, optimizer, scheduler, loader, step_fn, settings, progr
             scheduler.step()
         loss = float(acc.reduce(torch.tensor(sum(window) / len(window), device=acc.device), "mean"))
         window.clear()
+        for key, values in term_window.items():
+            progress.terms.setdefault(key, []).append(sum(values) / len(values))
+        term_window.clear()
         progress.step += 1
         progress.losses.append(loss)
         progress.seconds += time.perf_counter() - started
-        started = time.perf_counter()
         bar.update(task, completed=progress.step, loss=f"{loss:.4f}")
+        if after_update is not None:
+            after_update(progress)
+        started = time.perf_counter()
         if settings.save_every and progress.step % settings.save_every == 0 and progress.step < total:
             save_training_state(acc, state_dir)
         if progress.step >= total:

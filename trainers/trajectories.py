@@ -45,6 +45,7 @@ import torch
 
 from cllm_bench.decoders.base import OutputBuffer
 from cllm_bench.decoders.jacobi import INIT_CHOICES, JacobiDecoder, first_mismatch, initial_guess
+from cllm_bench.batch_engine import BatchEngine
 from cllm_bench.engine import Engine
 from cllm_bench.errors import UserError
 from cllm_bench.trainers import common
@@ -252,6 +253,48 @@ def block_records(
     return records, dropped
 
 
+def collect_packed(
+    model: Any,
+    examples: Sequence[common.Example],
+    offsets: Sequence[int],
+    *,
+    n: int,
+    max_new_tokens: int,
+    eos_ids: frozenset[int],
+    seed: int,
+    init: str,
+    batch_size: int,
+    pad_id: int,
+    states: str = "jacobi",
+    noised_per_block: int = 8,
+    on_done: Any = None,
+) -> list[Collected]:
+    """The packed collector: greedy answers y* with the batched ``ar`` decoder
+    (``batch_size`` prompts per batch, KV cache), then per prompt the states of every block
+    at once (:func:`~cllm_bench.trainers.packing.jacobi_trajectories`: one forward per
+    Jacobi iteration for all blocks; or :func:`~cllm_bench.trainers.packing.noised_states`,
+    no forward). The per-prompt RNG seed is ``seed + offset`` as in :func:`collect`."""
+    from cllm_bench.decoders.ar import ARDecoder
+    from cllm_bench.trainers.packing import jacobi_trajectories, noised_states
+
+    engine = BatchEngine(model, pad_id=pad_id)
+    out: list[Collected] = []
+    for lo in range(0, len(examples), batch_size):
+        chunk = list(examples[lo : lo + batch_size])
+        traces = ARDecoder().generate_batch(engine, [list(e.prompt_ids) for e in chunk], max_new_tokens, eos_ids)
+        for ex, off, trace in zip(chunk, offsets[lo : lo + batch_size], traces):
+            answer = list(trace.tokens)
+            if states == "jacobi":
+                per_block = jacobi_trajectories(model, ex.prompt_ids, answer, n, seed=seed + off, init=init,
+                                                max_new_tokens=max_new_tokens)
+            else:
+                per_block = noised_states(answer, n, noised_per_block, list(ex.prompt_ids) + answer, random.Random(seed + off))
+            out.append(Collected(answer=answer, blocks=[BlockTrajectory(st, st[-1]) for st in per_block]))
+        if on_done:
+            on_done(len(chunk))
+    return out
+
+
 def collect(
     model: Any,
     examples: Sequence[common.Example],
@@ -310,11 +353,16 @@ def run(args: argparse.Namespace, console: Any = None) -> int:
     started = time.perf_counter()
     with common.progress_bar(console, acc.is_main_process) as bar:
         task = bar.add_task("trajectories", total=len(mine), loss="-")
-        collected = collect(
-            loaded.model, mine, range(start, start + len(mine)), n=args.n, max_new_tokens=args.max_new_tokens,
-            eos_ids=loaded.eos_ids, seed=args.seed, init=args.init, batch_size=args.batch_size,
-            pad_id=common.pad_token_id(loaded.tokenizer, loaded.model), on_done=lambda k: bar.advance(task, k),
+        common_args = dict(
+            n=args.n, max_new_tokens=args.max_new_tokens, eos_ids=loaded.eos_ids, seed=args.seed, init=args.init,
+            batch_size=args.batch_size, pad_id=common.pad_token_id(loaded.tokenizer, loaded.model),
+            on_done=lambda k: bar.advance(task, k),
         )
+        if args.collector == "packed":
+            collected = collect_packed(loaded.model, mine, range(start, start + len(mine)), states=args.states,
+                                       noised_per_block=args.noised_per_block, **common_args)
+        else:
+            collected = collect(loaded.model, mine, range(start, start + len(mine)), **common_args)
     records, dropped = [], 0
     for ex, col in zip(mine, collected):
         recs, drop = block_records(
@@ -333,13 +381,22 @@ def run(args: argparse.Namespace, console: Any = None) -> int:
             prompts_source=args.prompts, data_dir=str(args.data_dir) if args.data_dir else None,
             prompt_style=args.prompt_style, prompts=len(examples), augment=args.augment,
             filter_repetitive=args.filter_repetitive, repeat_run=REPEAT_RUN, init=args.init, seed=args.seed,
-            collector="jacobi-decoder-kv" if args.batch_size <= 1 else "batched-no-cache",
+            collector=collector_name(args), states=args.states if args.collector == "packed" else "jacobi",
+            vocab_size=int(loaded.model.config.vocab_size), model_fingerprint=common.model_fingerprint(loaded),
+            records_per_s=round(counts["records"] / max(time.perf_counter() - started, 1e-9), 4),
             batch_size=args.batch_size, dtype=str(loaded.dtype), device=str(loaded.device),
             num_processes=acc.num_processes, seconds=round(time.perf_counter() - started, 3), counts=counts,
         )
         acc.print(f"wrote {counts['records']} records ({counts['dropped_repetitive']} dropped) to {out_dir / common.TRAJECTORY_FILE}")
     acc.wait_for_everyone()
     return 0
+
+
+def collector_name(args: argparse.Namespace) -> str:
+    """How the states were collected (the manifest's ``collector``)."""
+    if args.collector == "packed":
+        return f"packed-{args.states}-ar-batch{args.batch_size}"
+    return "jacobi-decoder-kv" if args.batch_size <= 1 else "batched-no-cache"
 
 
 def write_part(out_dir: Path, rank: int, records: list[dict[str, Any]], dropped: int, blocks: int, iterations: int, tokens: int) -> None:
