@@ -833,17 +833,42 @@ def paper_caveat(reference: Mapping[str, Any], runs: Sequence[Run]) -> str:
     )
 
 
+SYNTHETIC_BANNER = "SYNTHETIC — not a measurement"
+
+
+def synthetic_banner(runs: Sequence[Run]) -> str | None:
+    """:data:`SYNTHETIC_BANNER` when any run's provenance says ``"synthetic": true``, else None.
+
+    Fixture runs (scripts/make_report_fixture.py) set the marker; the report then puts the
+    banner in its title, at the top of the provenance and on every plot.
+    """
+    return SYNTHETIC_BANNER if any(r.provenance.get("synthetic") is True for r in runs) else None
+
+
 def build_document(runs: Sequence[Run], plots: Sequence[Any], reference: Mapping[str, Any] | None) -> Document:
     """Everything the md/html reports show, format-neutral."""
     all_cells = [c for r in runs for c in cells_of(r)]
     multi = len(runs) > 1
+    banner = synthetic_banner(runs)
     sections: list[Section] = []
 
+    synthetic_runs = [r.label for r in runs if r.provenance.get("synthetic") is True]
+    banner_blocks: tuple[Block, ...] = (
+        (
+            TextBlock(
+                f"{banner}: run(s) {', '.join(synthetic_runs)} carry provenance synthetic = true "
+                "(made-up numbers from a fixture, not timed on any device).",
+                "warning",
+            ),
+        )
+        if banner
+        else ()
+    )
     sections.append(
         Section(
             "Provenance",
             "provenance",
-            (provenance_table(runs),),
+            banner_blocks + (provenance_table(runs),),
         )
     )
 
@@ -948,7 +973,7 @@ def build_document(runs: Sequence[Run], plots: Sequence[Any], reference: Mapping
                 dblocks.append(TextBlock("Not compared (present in one run only): " + "; ".join(parts), "note"))
         sections.append(Section("Comparing runs", "diff", tuple(dblocks)))
 
-    title = "cllm-bench report"
+    title = f"cllm-bench report ({banner})" if banner else "cllm-bench report"
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     subtitle = f"{', '.join(r.label for r in runs)} — generated {generated}"
     return Document(title=title, subtitle=subtitle, sections=tuple(sections))
@@ -1245,7 +1270,7 @@ def run_report(run_dirs: list[Path], output_dir: Path | None, formats: list[str]
         raise UserError(f"output {output} exists and is not a folder; pass --output with a folder path")
     reference = load_reference()
     cells = [c for r in runs for c in cells_of(r)]
-    plots = make_plots(cells) if ("md" in chosen or "html" in chosen) else []
+    plots = make_plots(cells, banner=synthetic_banner(runs)) if ("md" in chosen or "html" in chosen) else []
     doc = build_document(runs, plots, reference)
     print_terminal(console, doc)
     written = write_outputs(doc, runs, plots, output, chosen)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import re
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Sequence
 
 from matplotlib import colormaps
@@ -64,10 +64,43 @@ class Style:
 
 
 # --------------------------------------------------------------- helpers
-def figure_png(fig: Figure) -> bytes:
-    """Encode a figure as PNG (Agg) without touching pyplot."""
+def stamp_banner(fig: Figure, banner: str) -> None:
+    """Put ``banner`` on top of the figure's suptitle and across the figure as a watermark.
+
+    Used for synthetic runs (see :func:`cllm_bench.report.synthetic_banner`) so that a
+    plot cut out of the report still says it is not a measurement.
+    """
+    old = fig.get_suptitle()
+    fig.suptitle(f"{banner}\n{old}" if old else banner, fontsize=12, color="tab:red", fontweight="bold")
+    width, height = fig.get_size_inches()
+    fig.text(
+        0.5,
+        0.5,
+        banner,
+        ha="center",
+        va="center",
+        rotation=20,
+        color="tab:red",
+        alpha=0.2,
+        fontsize=min(40.0, 3.0 * width, 6.0 * height),  # the diagonal stays inside the figure
+        fontweight="bold",
+        zorder=10,
+    )
+
+
+def figure_png(fig: Figure, banner: str | None = None) -> bytes:
+    """Encode a figure as PNG (Agg) without touching pyplot.
+
+    With ``banner`` the figure is stamped first (:func:`stamp_banner`). The suptitle is
+    also written as the PNG's ``Title`` text chunk.
+    """
+    if banner:
+        stamp_banner(fig, banner)
+    title = fig.get_suptitle()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    fig.savefig(
+        buf, format="png", dpi=DPI, bbox_inches="tight", facecolor="white", metadata={"Title": title} if title else None
+    )
     return buf.getvalue()
 
 
@@ -253,7 +286,7 @@ def decoder_legend_handles(series: Sequence[str], styles: dict[str, Style], runs
 
 
 # --------------------------------------------------------------- 1. speedup bars
-def plot_speedup(cells: Sequence[Cell]) -> Plot:
+def plot_speedup(cells: Sequence[Cell], banner: str | None = None) -> Plot:
     """Grouped bars: speedup per decoder (bars) per task (groups), one panel per model."""
     name, title = "speedup", "Speedup over greedy autoregressive decoding (ar = 1.0)"
     usable = [c for c in cells if c.get("speedup") is not None]
@@ -287,7 +320,7 @@ def plot_speedup(cells: Sequence[Cell]) -> Plot:
     fig.suptitle(title, fontsize=12)
     add_footnote(fig, counts_note(usable, "bar = median tokens/s over repeats ÷ ar's; error bar = min–max over repeats"))
     caption = "Speedup of every decoder over ar on the same model and task; above the dashed line is faster than ar."
-    return Plot(name, title, caption, figure_png(fig))
+    return Plot(name, title, caption, figure_png(fig, banner))
 
 
 # --------------------------------------------------------------- 2. accuracy vs speedup
@@ -332,7 +365,7 @@ def place_labels(ax: Axes, points: Sequence[tuple[float, float, str]], fontsize:
         )
 
 
-def plot_accuracy_vs_speedup(cells: Sequence[Cell]) -> Plot:
+def plot_accuracy_vs_speedup(cells: Sequence[Cell], banner: str | None = None) -> Plot:
     """Scatter, one point per decoder x task, one panel per model; error bars both ways."""
     name, title = "accuracy_vs_speedup", "Accuracy vs speedup (one point per decoder × task)"
     usable = [c for c in cells if c.get("accuracy") is not None and c.get("speedup") is not None]
@@ -405,11 +438,11 @@ def plot_accuracy_vs_speedup(cells: Sequence[Cell]) -> Plot:
         "Up and to the right is better. Lossless decoders should sit at ar's accuracy; "
         "a point off that level means outputs changed."
     )
-    return Plot(name, title, caption, figure_png(fig))
+    return Plot(name, title, caption, figure_png(fig, banner))
 
 
 # --------------------------------------------------------------- 3. accepted per forward
-def plot_accepted_per_forward(cells: Sequence[Cell]) -> Plot:
+def plot_accepted_per_forward(cells: Sequence[Cell], banner: str | None = None) -> Plot:
     """Box plots of tokens accepted per target forward, per decoder, one panel per model."""
     name, title = "accepted_per_forward", "Tokens accepted per target forward (distribution over all forwards)"
     runs = run_order(cells)
@@ -463,7 +496,7 @@ def plot_accepted_per_forward(cells: Sequence[Cell]) -> Plot:
     note = "one value per target forward incl. prefill (samples.jsonl accepted_per_step); the mean is the tok/fwd column"
     add_footnote(fig, counts_note(used, note))
     caption = "How many tokens each forward of the target model made final; further right means fewer forwards per token."
-    return Plot(name, title, caption, figure_png(fig))
+    return Plot(name, title, caption, figure_png(fig, banner))
 
 
 # --------------------------------------------------------------- 4. Jacobi FF / stationary
@@ -521,7 +554,7 @@ def model_decoder_styles(cells: Sequence[Cell]) -> tuple[list[str], dict[str, St
     return series, styles
 
 
-def plot_jacobi_ff_stationary(cells: Sequence[Cell]) -> Plot:
+def plot_jacobi_ff_stationary(cells: Sequence[Cell], banner: str | None = None) -> Plot:
     """Fast-forwarded and stationary tokens per block per task: base model + Jacobi next to the CLLM."""
     name = "jacobi_ff_stationary"
     title = "Jacobi: fast-forwarded and stationary tokens per block, base model + Jacobi vs CLLM"
@@ -568,7 +601,7 @@ def plot_jacobi_ff_stationary(cells: Sequence[Cell]) -> Plot:
     )
     if not has_cllm:
         caption += " These runs have no cllm cell, so only base-model Jacobi is shown."
-    return Plot(name, title, caption, figure_png(fig))
+    return Plot(name, title, caption, figure_png(fig, banner))
 
 
 # --------------------------------------------------------------- 5. Jacobi convergence
@@ -593,7 +626,7 @@ def convergence_data(cells: Sequence[Cell]) -> dict[tuple[str, str, str, str], d
     return groups
 
 
-def plot_jacobi_convergence(cells: Sequence[Cell]) -> Plot:
+def plot_jacobi_convergence(cells: Sequence[Cell], banner: str | None = None) -> Plot:
     """Mean Jacobi iterations per block vs block size n (one line per model/task/decoder)."""
     name, title = "jacobi_convergence", "Jacobi convergence: iterations per block vs block size n"
     groups = convergence_data(cells)
@@ -657,10 +690,10 @@ def plot_jacobi_convergence(cells: Sequence[Cell]) -> Plot:
     caption = (
         "Below the dashed line, Jacobi fixes more than one token per iteration; the gap is the most a wider block can gain."
     )
-    return Plot(name, title, caption, figure_png(fig))
+    return Plot(name, title, caption, figure_png(fig, banner))
 
 
-PLOTTERS: tuple[Callable[[Sequence[Cell]], Plot], ...] = (
+PLOTTERS: tuple[Callable[[Sequence[Cell], str | None], Plot], ...] = (
     plot_speedup,
     plot_accuracy_vs_speedup,
     plot_accepted_per_forward,
@@ -669,6 +702,13 @@ PLOTTERS: tuple[Callable[[Sequence[Cell]], Plot], ...] = (
 )
 
 
-def make_plots(cells: Sequence[Cell]) -> list[Plot]:
-    """All report plots, in report order (omitted ones carry their reason)."""
-    return [plotter(cells) for plotter in PLOTTERS]
+def make_plots(cells: Sequence[Cell], banner: str | None = None) -> list[Plot]:
+    """All report plots, in report order (omitted ones carry their reason).
+
+    With ``banner`` (a synthetic run) every figure is stamped with it and every plot
+    title, which the md/html reports print above the figure, ends with it.
+    """
+    plots = [plotter(cells, banner) for plotter in PLOTTERS]
+    if banner:
+        plots = [replace(p, title=f"{p.title} ({banner})") for p in plots]
+    return plots

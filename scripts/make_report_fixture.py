@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Write synthetic run folders in the runner's format and (optionally) report on them.
 
-Used by tests/test_report.py and to render docs/report-screenshot.png. The numbers are
+Used by tests/test_report.py and to render docs/report-screenshot-synthetic.png. The numbers are
 SYNTHETIC (seeded random draws shaped like a small-model GPU run), never a measurement;
-the provenance says so.
+the provenance says so (``"synthetic": true``), and the report then carries
+"SYNTHETIC — not a measurement" in its title and on every plot.
 
     python scripts/make_report_fixture.py --out /tmp/report-fixture   # writes run_a, run_b, report/
 """
@@ -194,7 +195,9 @@ def aggregate(samples: list[dict[str, Any]], repeats: int, jitter_seed: int) -> 
 
 
 def provenance(name: str, repeats: int) -> dict[str, Any]:
+    """Provenance of a fixture run; ``synthetic: true`` makes the report stamp every title and plot."""
     return {
+        "synthetic": True,
         "cllm_bench_version": "0.1.0",
         "git_commit": "0000000 (synthetic fixture)",
         "command": f"python scripts/make_report_fixture.py  # {name}: SYNTHETIC data, not a measurement",
