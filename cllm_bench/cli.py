@@ -192,6 +192,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------- export
+def add_export_parser(sub: Any) -> None:
+    p = sub.add_parser("export", help="write a run's samples in another tool's format (Spec-Bench answer files)")
+    p.add_argument("run_dir", help="a run folder written by `cllm-bench run`")
+    p.add_argument("--format", choices=["spec-bench"], default="spec-bench", help="output format")
+    p.add_argument("--output", help="folder for one <model_id>.jsonl per model x decoder x task (default "
+                                    "RUN_DIR/spec-bench/); with --decoder, may name the .jsonl file")  # fmt: skip
+    p.add_argument("--decoder", help="export only this decoder label (e.g. ar, jacobi:n=16)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cllm_bench.export_spec_bench import export_run
+
+    written = export_run(Path(args.run_dir), Path(args.output) if args.output else None, args.decoder)
+    console = _console()
+    for path in written:
+        console.print(f"wrote {path}", markup=False, highlight=False)
+    return 0
+
+
 # ------------------------------------------------------------------------- train / models
 def add_train_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="produce the compared models: trajectories, cllm, medusa, draft, sft")
@@ -331,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="registered models, decoders and tasks")
     lst.set_defaults(func=cmd_list)
     add_report_parser(sub)
+    add_export_parser(sub)
     add_bench_parser(sub)
     add_score_parser(sub)
     add_check_decoder_parser(sub)
