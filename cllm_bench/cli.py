@@ -267,24 +267,29 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--hf-compiled", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--stop-at-eos", action="store_true")
     p.add_argument("--output-path", default="results")
-    p.add_argument("--batch-size", type=int, default=1,
+    p.add_argument("--batch-size", default="1",
                    help="decode this many prompts together (left padding; eager batched engine): ar, jacobi, cllm, "
-                        "speculative and hf have a batched path")  # fmt: skip
+                        "speculative and hf have a batched path; a comma list (1,2,4,8) sweeps the batch sizes in "
+                        "one process and reports each decoder against batched ar at the same size")  # fmt: skip
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from cllm_bench.bench import BenchConfig, run_bench
+    from cllm_bench.bench_sweep import parse_batch_sizes, run_sweep
 
     console = _console()
+    sizes = parse_batch_sizes(args.batch_size)
     cfg = BenchConfig(
         model=args.model, decoders=split_decoder_list(args.decoders), max_new_tokens=args.max_new_tokens,
         repeats=args.repeats, warmup=args.warmup, num_prompts=args.num_prompts, dtype=args.dtype,
         device=args.device, engine=args.engine, compile=args.compile, hf_compiled=args.hf_compiled,
-        stop_at_eos=args.stop_at_eos, output_path=args.output_path, batch_size=args.batch_size,
+        stop_at_eos=args.stop_at_eos, output_path=args.output_path, batch_size=sizes[0],
     )  # fmt: skip
-    if cfg.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if len(sizes) > 1 or "," in str(args.batch_size):
+        path = run_sweep(cfg, sizes, console)
+        console.print(f"bench sweep results: [bold]{path}[/] (+ {path.with_suffix('.png').name})")
+        return 0
     path = run_bench(cfg, console)
     console.print(f"bench results: [bold]{path}[/]")
     return 0

@@ -670,5 +670,9 @@ PLOTTERS: tuple[Callable[[Sequence[Cell]], Plot], ...] = (
 
 
 def make_plots(cells: Sequence[Cell]) -> list[Plot]:
-    """All report plots, in report order (omitted ones carry their reason)."""
-    return [plotter(cells) for plotter in PLOTTERS]
+    """All report plots, in report order (omitted ones carry their reason); the per-category
+    and acceptance plots (:mod:`cllm_bench.report_plots_speed`) after the speedup bars."""
+    from cllm_bench.report_plots_speed import SPEED_PLOTTERS
+
+    plots = [plotter(cells) for plotter in PLOTTERS]
+    return plots[:1] + [plotter(cells) for plotter in SPEED_PLOTTERS] + plots[1:]

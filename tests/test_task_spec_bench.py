@@ -204,3 +204,18 @@ def test_export_and_reader_errors(spec_run, tmp_path, capsys):
         {"turns": ["a", "b"], "new_tokens": [1], "wall_time": [0.1, 0.2], "accept_lengths": [1]}]}) + "\n")  # fmt: skip
     with pytest.raises(DataError, match="bad.jsonl:1: new_tokens must have one entry per turn"):
         read_answers(bad)
+
+
+def test_report_has_per_category_acceptance_and_leaderboard_sections(spec_run, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(spec_run), "--output", str(out), "--format", "md,csv"]) == 0
+    md = (out / "report.md").read_text()
+    for heading in ("## Per category", "## Acceptance", "## Spec-Bench leaderboard side by side"):
+        assert heading in md
+    assert "multi-turn conversation" in md and "retrieval-aug. generation" in md
+    assert "accepted len (with bonus)" in md and "accepted len (draft only)" in md
+    assert "PLD (published)" in md and "prompt_lookup:k=3 (ours)" in md
+    assert "Other models and hardware" in md
+    for name in ("category_speedup", "acceptance_per_position", "accepted_length_histogram"):
+        assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"({name}.png)" in md
