@@ -42,6 +42,10 @@ Formulas (over every decode forward of every sample; prefill excluded):
   unknown is left out; so is the trial at position m+1 of a censored forward (the last
   one of an output that ended at EOS, when m was inferred from ``emitted``: the EOS may
   have cut the accepted run).
+
+Known limit: ``lookahead:cap=true`` keeps at most n-1 tokens, so a full match of n-1
+draft tokens (no bonus) is recorded as ``accepted_len = n-1`` and counted as m = n-2 plus
+a bonus; the default ``cap=false`` is exact.
 """
 
 from __future__ import annotations

@@ -219,3 +219,25 @@ def test_report_has_per_category_acceptance_and_leaderboard_sections(spec_run, t
     for name in ("category_speedup", "acceptance_per_position", "accepted_length_histogram"):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert f"({name}.png)" in md
+
+
+def _rec(sid: str, category: str, tokens: int, decode: list[float], forwards: int) -> dict:
+    return {"sample_id": sid, "category": category, "generated_tokens": tokens, "decode_s": sorted(decode)[len(decode) // 2],
+            "decode_s_repeats": decode, "forwards": forwards, "tokens_per_s": tokens / sorted(decode)[len(decode) // 2]}  # fmt: skip
+
+
+def test_category_results_group_mt_bench_and_compare_with_ar_on_the_same_questions():
+    from cllm_bench.by_category import category_results
+
+    ar = [_rec("a", "writing", 10, [1.0], 10), _rec("b", "coding", 10, [1.0], 10), _rec("c", "qa", 20, [2.0], 20)]
+    dec = [_rec("a", "writing", 10, [0.5], 5), _rec("b", "coding", 10, [0.25], 4), _rec("c", "qa", 20, [4.0], 20)]
+    out = category_results(dec, ar)
+    assert list(out) == ["mt_bench", "qa", OVERALL]  # writing + coding pooled, Spec-Bench order
+    assert out["mt_bench"]["n_samples"] == 2
+    assert out["mt_bench"]["speedup"] == pytest.approx((20 / 0.75) / (20 / 2.0))
+    assert out["mt_bench"]["tokens_per_forward"] == pytest.approx(20 / 9)
+    assert out["qa"]["speedup"] == pytest.approx(0.5)
+    assert out[OVERALL]["speedup"] == pytest.approx((40 / 4.75) / (40 / 4.0))
+    # Spec-Bench's own formula: mean of per-question speeds ÷ ar's
+    assert out[OVERALL]["speedup_mean_of_speeds"] == pytest.approx(((20 + 40 + 5) / 3) / ((10 + 10 + 10) / 3))
+    assert category_results([{k: v for k, v in r.items() if k != "category"} for r in dec], ar) is None
