@@ -40,8 +40,8 @@ Formulas (over every decode forward of every sample; prefill excluded):
   For a tree, positions are depths along the accepted path: the rate is the chance that
   some child of the accepted depth-(i-1) node was accepted. A forward whose depth is
   unknown is left out; so is the trial at position m+1 of a censored forward (the last
-  one of an output that ended at EOS, when m was inferred from ``emitted``: the EOS may
-  have cut the accepted run).
+  forward of an output, when m was inferred from ``emitted``: the EOS or the token budget
+  may have cut the accepted run there).
 
 Known limit: ``lookahead:cap=true`` keeps at most n-1 tokens, so a full match of n-1
 draft tokens (no bonus) is recorded as ``accepted_len = n-1`` and counted as m = n-2 plus
@@ -79,11 +79,11 @@ def proposal_depth(step: Step) -> int | None:
     return int(step.proposed)
 
 
-def step_acceptance(step: Step, ends_output_at_eos: bool = False) -> StepAcceptance:
+def step_acceptance(step: Step, ends_output: bool = False) -> StepAcceptance:
     """The acceptance record of one target decode forward.
 
-    ``ends_output_at_eos``: this is the trace's last forward and the output ended at EOS;
-    when m must be inferred from ``emitted`` the forward is then censored.
+    ``ends_output``: this is the trace's last forward (the output ended in it, at EOS or
+    at the budget); when m must be inferred from ``emitted`` the forward is then censored.
     """
     depth = proposal_depth(step)
     info = step.info
@@ -95,7 +95,7 @@ def step_acceptance(step: Step, ends_output_at_eos: bool = False) -> StepAccepta
     else:
         m = step.accepted - 1
     m = max(0, m if depth is None else min(m, depth))
-    return StepAcceptance(depth=depth, draft_accepted=m, emitted=step.accepted, censored=ends_output_at_eos and not explicit)
+    return StepAcceptance(depth=depth, draft_accepted=m, emitted=step.accepted, censored=ends_output and not explicit)
 
 
 def trace_acceptance(trace: Trace) -> list[StepAcceptance]:
@@ -103,7 +103,7 @@ def trace_acceptance(trace: Trace) -> list[StepAcceptance]:
     forwards excluded)."""
     decode = [s for s in trace.steps if s.kind == "target"]
     last = len(decode) - 1
-    return [step_acceptance(s, i == last and trace.stop_reason == "eos") for i, s in enumerate(decode)]
+    return [step_acceptance(s, i == last) for i, s in enumerate(decode)]
 
 
 @dataclass

@@ -21,12 +21,14 @@ from conftest import prompts
 NO_EOS = frozenset({10_000})
 
 
-def chain_trace(stop: str = "length") -> Trace:
-    """prefill, then 4 chain forwards: (depth, emitted) = (3, 3), (3, 4), (3, 1), (2, 2)."""
-    trace = Trace(prompt_len=5, stop_reason=stop)  # type: ignore[arg-type]
+def chain_trace(explicit_last: bool = True) -> Trace:
+    """prefill, then 4 chain forwards: (depth, emitted) = (3, 3), (3, 4), (3, 1), (2, 2); the
+    last one records ``draft_accepted=1`` when ``explicit_last``."""
+    trace = Trace(prompt_len=5, stop_reason="length")
     trace.record("prefill", fed=5, accepted=1)
-    for depth, emitted in ((3, 3), (3, 4), (3, 1), (2, 2)):
+    for depth, emitted in ((3, 3), (3, 4), (3, 1)):
         trace.record("target", fed=depth + 1, accepted=emitted, proposed=depth)
+    trace.record("target", fed=3, accepted=2, proposed=2, **({"draft_accepted": 1} if explicit_last else {}))
     trace.tokens = list(range(sum(s.accepted for s in trace.steps)))
     return trace
 
@@ -49,10 +51,10 @@ def test_chain_rates_recomputed_by_hand():
     assert summary["acceptance_position_trials"] == [4, 3, 2]
 
 
-def test_eos_censors_the_last_forward_when_m_is_inferred():
-    counts = acceptance_counts([chain_trace(stop="eos")])
-    # the last forward (depth 2, emitted 2 -> m >= 1) is censored: position 1 is still an
-    # observed accept, but position 2 is not an observed rejection
+def test_the_last_forward_is_censored_when_m_is_inferred():
+    counts = acceptance_counts([chain_trace(explicit_last=False)])
+    # the output ended in the last forward (depth 2, emitted 2 -> m >= 1): position 1 is an
+    # observed accept, but position 2 is not an observed rejection (the end may have cut it)
     assert counts.trials == [4, 2, 2]
     assert counts.accepts == [3, 2, 1]
 
@@ -92,7 +94,7 @@ def test_depth_rules_per_decoder_kind():
 
 def test_counts_merge_and_round_trip():
     a = acceptance_counts([chain_trace()])
-    b = acceptance_counts([chain_trace(stop="eos")])
+    b = acceptance_counts([chain_trace(explicit_last=False)])
     merged = a + b
     assert merged.trials == [8, 5, 4] and merged.accepts == [6, 4, 2]
     assert merged.decode_forwards == 8
