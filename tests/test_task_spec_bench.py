@@ -208,7 +208,7 @@ def test_export_and_reader_errors(spec_run, tmp_path, capsys):
 
 def test_report_has_per_category_acceptance_and_leaderboard_sections(spec_run, tmp_path):
     out = tmp_path / "report"
-    assert main(["report", str(spec_run), "--output", str(out), "--format", "md,csv"]) == 0
+    assert main(["report", str(spec_run), "--output", str(out), "--format", "md,html,csv"]) == 0
     md = (out / "report.md").read_text()
     for heading in ("## Per category", "## Acceptance", "## Spec-Bench leaderboard side by side"):
         assert heading in md
@@ -216,6 +216,8 @@ def test_report_has_per_category_acceptance_and_leaderboard_sections(spec_run, t
     assert "accepted len (with bonus)" in md and "accepted len (draft only)" in md
     assert "PLD (published)" in md and "prompt_lookup:k=3 (ours)" in md
     assert "Other models and hardware" in md
+    html = (out / "report.html").read_text()
+    assert 'id="per-category"' in html and 'id="acceptance"' in html and 'id="spec-bench-leaderboard"' in html
     for name in ("category_speedup", "acceptance_per_position", "accepted_length_histogram"):
         assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert f"({name}.png)" in md
