@@ -234,7 +234,8 @@ class MedusaDecoder(Decoder):
         path, accepted = tree_accept(ids, tree.parents, predicted)
         engine.keep(start, [0] + path)
         taken = out.accept(accepted)
-        trace.record("target", fed=len(ids), accepted=taken, proposed=len(nodes), accepted_len=len(accepted))
+        trace.record("target", fed=len(ids), accepted=taken, proposed=len(nodes), accepted_len=len(accepted),
+                     proposal_depth=tree.max_depth)  # fmt: skip
         last = path[-1] if path else 0
         with torch.inference_mode():
             next_logits = heads(hidden[0, last])

@@ -194,17 +194,25 @@ def check_batchable(cfg: BenchConfig) -> None:
         )
 
 
-def run_bench(cfg: BenchConfig, console: Console) -> Path:
-    check_batchable(cfg)
-    loaded: LoadedModel = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
-    device = loaded.device
+def bench_prompts(cfg: BenchConfig, loaded: LoadedModel) -> list[list[int]]:
+    """Token ids of :func:`bench_texts`, through the chat template when the model has one."""
     tok = loaded.tokenizer
     texts = bench_texts(cfg)
     if getattr(tok, "chat_template", None):
-        prompts = [list(tok(tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
-                   add_generation_prompt=True), add_special_tokens=False)["input_ids"]) for t in texts]  # fmt: skip
-    else:
-        prompts = [list(tok(t)["input_ids"]) for t in texts]
+        return [list(tok(tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
+                add_generation_prompt=True), add_special_tokens=False)["input_ids"]) for t in texts]  # fmt: skip
+    return [list(tok(t)["input_ids"]) for t in texts]
+
+
+def measure_all(cfg: BenchConfig, loaded: LoadedModel, console: Console) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Time HF generate, ``ar`` and ``cfg.decoders`` at ``cfg.batch_size`` on a loaded model.
+
+    Returns the result rows (:func:`bench_rows`) and the facts of this measurement
+    (engine, compile, prompt lengths, batch size) for the provenance.
+    """
+    device = loaded.device
+    tok = loaded.tokenizer
+    prompts = bench_prompts(cfg, loaded)
     eos = loaded.eos_ids if cfg.stop_at_eos else frozenset()
     kind, comp = resolve_engine(cfg, device)
     batch = cfg.batch_size
@@ -219,6 +227,7 @@ def run_bench(cfg: BenchConfig, console: Console) -> Path:
     for spec in ["ar", *[d for d in cfg.decoders if d != "ar"]]:
         plan.append((f"{build_decoder(spec).label} ({kind}{'+compile' if comp else ''})", spec, kind))
     results: list[Measurement] = []
+    methods: list[str] = []
     engines: dict[str, Engine | BatchEngine] = {}  # one engine per kind: compiled graphs are reused across decoders
     for name, spec, engine_kind in plan:
         decoder = build_decoder(spec)
@@ -227,13 +236,24 @@ def run_bench(cfg: BenchConfig, console: Console) -> Path:
             engines[engine_kind] = make_engine(loaded.model, engine_kind, comp and engine_kind == "static", capacity,
                                                pad_id, batch)  # fmt: skip
         engine = engines[engine_kind]
-        console.print(f"timing [bold]{name}[/] ...")
+        console.print(f"timing [bold]{name}[/] ..." + (f" (batch {batch})" if batch > 1 else ""))
         results.append(measure(name, decoder, engine, prompts, cfg, eos))
+        methods.append(name if name.startswith("hf ") else decoder.label)
     rows = bench_rows(results, loaded, prompts, cfg, device)
+    for row, method in zip(rows, methods):
+        row["method"] = method
+    facts = {"engine": kind, "compile": comp, "prompt_tokens": [len(p) for p in prompts], "batch_size": batch}
+    return rows, facts
+
+
+def run_bench(cfg: BenchConfig, console: Console) -> Path:
+    check_batchable(cfg)
+    loaded: LoadedModel = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    device = loaded.device
+    rows, facts = measure_all(cfg, loaded, console)
     doc = {
         "provenance": provenance(device, str(loaded.dtype).replace("torch.", ""), 0, {
-            "time": now_iso(), "config": cfg.__dict__, "engine": kind, "compile": comp,
-            "prompt_tokens": [len(p) for p in prompts], "batch_size": cfg.batch_size,
+            "time": now_iso(), "config": cfg.__dict__, **facts,
             "peak_bandwidth_bytes_per_s": peak_bandwidth(device)}),
         "results": rows,
     }  # fmt: skip

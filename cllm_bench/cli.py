@@ -192,6 +192,27 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------- export
+def add_export_parser(sub: Any) -> None:
+    p = sub.add_parser("export", help="write a run's samples in another tool's format (Spec-Bench answer files)")
+    p.add_argument("run_dir", help="a run folder written by `cllm-bench run`")
+    p.add_argument("--format", choices=["spec-bench"], default="spec-bench", help="output format")
+    p.add_argument("--output", help="folder for one <model_id>.jsonl per model x decoder x task (default "
+                                    "RUN_DIR/spec-bench/); with --decoder, may name the .jsonl file")  # fmt: skip
+    p.add_argument("--decoder", help="export only this decoder label (e.g. ar, jacobi:n=16)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cllm_bench.export_spec_bench import export_run
+
+    written = export_run(Path(args.run_dir), Path(args.output) if args.output else None, args.decoder)
+    console = _console()
+    for path in written:
+        console.print(f"wrote {path}", markup=False, highlight=False)
+    return 0
+
+
 # ------------------------------------------------------------------------- train / models
 def add_train_parser(sub: Any) -> None:
     p = sub.add_parser("train", help="produce the compared models: trajectories, cllm, medusa, draft, sft")
@@ -246,24 +267,29 @@ def add_bench_parser(sub: Any) -> None:
     p.add_argument("--hf-compiled", choices=["auto", "on", "off"], default="auto")
     p.add_argument("--stop-at-eos", action="store_true")
     p.add_argument("--output-path", default="results")
-    p.add_argument("--batch-size", type=int, default=1,
+    p.add_argument("--batch-size", default="1",
                    help="decode this many prompts together (left padding; eager batched engine): ar, jacobi, cllm, "
-                        "speculative and hf have a batched path")  # fmt: skip
+                        "speculative and hf have a batched path; a comma list (1,2,4,8) sweeps the batch sizes in "
+                        "one process and reports each decoder against batched ar at the same size")  # fmt: skip
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from cllm_bench.bench import BenchConfig, run_bench
+    from cllm_bench.bench_sweep import parse_batch_sizes, run_sweep
 
     console = _console()
+    sizes = parse_batch_sizes(args.batch_size)
     cfg = BenchConfig(
         model=args.model, decoders=split_decoder_list(args.decoders), max_new_tokens=args.max_new_tokens,
         repeats=args.repeats, warmup=args.warmup, num_prompts=args.num_prompts, dtype=args.dtype,
         device=args.device, engine=args.engine, compile=args.compile, hf_compiled=args.hf_compiled,
-        stop_at_eos=args.stop_at_eos, output_path=args.output_path, batch_size=args.batch_size,
+        stop_at_eos=args.stop_at_eos, output_path=args.output_path, batch_size=sizes[0],
     )  # fmt: skip
-    if cfg.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {cfg.batch_size}")
+    if len(sizes) > 1 or "," in str(args.batch_size):
+        path = run_sweep(cfg, sizes, console)
+        console.print(f"bench sweep results: [bold]{path}[/] (+ {path.with_suffix('.png').name})")
+        return 0
     path = run_bench(cfg, console)
     console.print(f"bench results: [bold]{path}[/]")
     return 0
@@ -331,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="registered models, decoders and tasks")
     lst.set_defaults(func=cmd_list)
     add_report_parser(sub)
+    add_export_parser(sub)
     add_bench_parser(sub)
     add_score_parser(sub)
     add_check_decoder_parser(sub)

@@ -174,6 +174,7 @@ TASKS: Registry = Registry(
         "gsm8k": "cllm_bench.tasks.gsm8k",
         "spider": "cllm_bench.tasks.spider",
         "mt_bench": "cllm_bench.tasks.mt_bench",
+        "spec_bench": "cllm_bench.tasks.spec_bench",
     },
     validator="cllm_bench.plugins:validate_task_class",
 )

@@ -67,6 +67,8 @@ NUMERIC_RECORD_KEYS: tuple[str, ...] = (
     "decode_s_total",
     "generated_tokens",
     "peak_memory_mb",
+    "accepted_length_with_bonus",
+    "accepted_length_draft_only",
 )
 REQUIRED_SAMPLE_KEYS: tuple[str, ...] = ("model", "decoder", "task")
 
@@ -845,8 +847,13 @@ def synthetic_banner(runs: Sequence[Run]) -> str | None:
     return SYNTHETIC_BANNER if any(r.provenance.get("synthetic") is True for r in runs) else None
 
 
-def build_document(runs: Sequence[Run], plots: Sequence[Any], reference: Mapping[str, Any] | None) -> Document:
-    """Everything the md/html reports show, format-neutral."""
+def build_document(runs: Sequence[Run], plots: Sequence[Any], reference: Mapping[str, Any] | None,
+                   spec_bench_reference: Mapping[str, Any] | None = None) -> Document:  # fmt: skip
+    """Everything the md/html reports show, format-neutral. ``spec_bench_reference``: the
+    transcribed Spec-Bench leaderboard (:mod:`cllm_bench.report_speed`), shown beside
+    spec_bench cells."""
+    from cllm_bench.report_speed import leaderboard_section, speed_sections
+
     all_cells = [c for r in runs for c in cells_of(r)]
     multi = len(runs) > 1
     banner = synthetic_banner(runs)
@@ -916,6 +923,7 @@ def build_document(runs: Sequence[Run], plots: Sequence[Any], reference: Mapping
 
     if plots:
         sections.append(Section("Plots", "plots", tuple(PlotBlock(p) for p in plots)))
+    sections += speed_sections(all_cells, multi)
     tm_tables = task_metrics_tables(all_cells, multi)
     if tm_tables:
         sections.append(Section("Task metrics", "task-metrics", tuple(tm_tables)))
@@ -948,6 +956,9 @@ def build_document(runs: Sequence[Run], plots: Sequence[Any], reference: Mapping
                 )
             )
         sections.append(Section("Published numbers side by side", "paper", tuple(pblocks)))
+    leaderboard = leaderboard_section(all_cells, spec_bench_reference, multi)
+    if leaderboard is not None:
+        sections.append(leaderboard)
 
     if multi:
         base = runs[0]
@@ -1271,7 +1282,9 @@ def run_report(run_dirs: list[Path], output_dir: Path | None, formats: list[str]
     reference = load_reference()
     cells = [c for r in runs for c in cells_of(r)]
     plots = make_plots(cells, banner=synthetic_banner(runs)) if ("md" in chosen or "html" in chosen) else []
-    doc = build_document(runs, plots, reference)
+    from cllm_bench.report_speed import load_spec_bench_reference
+
+    doc = build_document(runs, plots, reference, load_spec_bench_reference())
     print_terminal(console, doc)
     written = write_outputs(doc, runs, plots, output, chosen)
     console.print()

@@ -703,12 +703,16 @@ PLOTTERS: tuple[Callable[[Sequence[Cell], str | None], Plot], ...] = (
 
 
 def make_plots(cells: Sequence[Cell], banner: str | None = None) -> list[Plot]:
-    """All report plots, in report order (omitted ones carry their reason).
+    """All report plots, in report order (omitted ones carry their reason); the per-category
+    and acceptance plots (:mod:`cllm_bench.report_plots_speed`) after the speedup bars.
 
     With ``banner`` (a synthetic run) every figure is stamped with it and every plot
     title, which the md/html reports print above the figure, ends with it.
     """
+    from cllm_bench.report_plots_speed import SPEED_PLOTTERS
+
     plots = [plotter(cells, banner) for plotter in PLOTTERS]
+    plots = plots[:1] + [plotter(cells, banner) for plotter in SPEED_PLOTTERS] + plots[1:]
     if banner:
         plots = [replace(p, title=f"{p.title} ({banner})") for p in plots]
     return plots

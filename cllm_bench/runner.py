@@ -31,6 +31,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from cllm_bench import metrics
+from cllm_bench.acceptance import AcceptanceCounts, acceptance_counts, acceptance_summary, counts_from_dict
+from cllm_bench.by_category import category_results
 from cllm_bench.decoders.base import Decoder, build_decoder
 from cllm_bench.engine import Engine
 from cllm_bench.errors import UserError
@@ -232,6 +234,13 @@ def sample_record(
         "ttft_s_repeats": ttft_by_repeat,
         "tokens_per_s": generated / decode_s if decode_s > 0 else None,
         "score": score,
+        # per turn (Spec-Bench export), the question category, acceptance counts (cllm_bench.acceptance)
+        "category": sample.data.get("category"),
+        "turn_forwards": [metrics.target_forwards(t) for t in traces],
+        "turn_accepted_per_step": [metrics.accepted_per_step(t) for t in traces],
+        "turn_decode_s": [statistics.median(g.decode_s) for g in gens],
+        "turn_ttft_s": [statistics.median(g.ttft_s) for g in gens],
+        "acceptance": acceptance_counts(traces).to_dict(),
     }
     if ar_record is not None:
         div = metrics.first_divergence(flat, ar_record["output_ids"])
@@ -288,12 +297,22 @@ def cell_summary(records: list[dict[str, Any]], task: Task, decoder: Decoder, ar
         "lossless": decoder.lossless,
         "skipped": dict(getattr(task, "skipped", {}) or {}),
     }  # fmt: skip
+    out.update(acceptance_summary(_merged_acceptance(records)))
     if exclude_degenerate and jac:
         kept = [r for r in jac if not r["degenerate"]]
         out["fast_forwarded_excl_degenerate"] = metrics.mean_or_none(r["fast_forwarded"] for r in kept)
         out["stationary_excl_degenerate"] = metrics.mean_or_none(r["stationary"] for r in kept)
         out["excluded_degenerate"] = len(jac) - len(kept)
     return out
+
+
+def _merged_acceptance(records: list[dict[str, Any]]) -> AcceptanceCounts:
+    """The acceptance counts of a cell: the sum of its samples' (records without them add nothing)."""
+    total = AcceptanceCounts()
+    for r in records:
+        if r.get("acceptance"):
+            total = total + counts_from_dict(r["acceptance"])
+    return total
 
 
 def peak_memory_mb(device: torch.device) -> float | None:
@@ -430,6 +449,7 @@ def summarize(config: RunConfig, decoders: list[Decoder], tasks: dict[str, Task]
     for model in config.models:
         for task_name, samples in task_samples.items():
             ar_tps = None
+            ar_records: list[dict[str, Any]] | None = None
             for decoder in decoders:
                 records = [index.get((model, decoder.label, task_name, s.id)) for s in samples]
                 if any(r is None for r in records):
@@ -439,6 +459,10 @@ def summarize(config: RunConfig, decoders: list[Decoder], tasks: dict[str, Task]
                 if decoder.registered_name == "ar":
                     ar_tps = rec["tokens_per_s"]
                     rec["speedup"] = 1.0
+                    ar_records = records
+                by_category = category_results(records, ar_records)
+                if by_category is not None:
+                    rec["by_category"] = by_category
                 results.append(rec)
     return results
 

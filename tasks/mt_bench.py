@@ -154,8 +154,29 @@ def _mean(values: list[float]) -> float | None:
 
 # --- the task --------------------------------------------------------------------------
 
+class MultiTurnChat(Task):
+    """Shared machinery of multi-turn chat tasks (MT-bench, Spec-Bench): samples carry
+    ``data["turns"]`` (user turns) and ``data["category"]``; turn k's prompt is the
+    conversation so far (:func:`conversation`), through the chat template or as
+    "USER: ...\\nASSISTANT:" lines (:func:`raw_conversation`). The runner passes ``ar``'s
+    own earlier answers, so every decoder continues the same conversation."""
+
+    def n_turns(self, sample: Sample) -> int:
+        return len(sample.data["turns"])
+
+    def prompt_ids(self, sample: Sample, tokenizer: Any, previous_answers: list[str] | None = None) -> list[int]:
+        messages = conversation(sample.data["turns"], list(previous_answers or []))
+        if self.use_chat(tokenizer):
+            return encode_chat(tokenizer, messages)
+        return encode_raw(tokenizer, raw_conversation(messages))
+
+    def stop_strings(self, sample: Sample) -> list[str]:
+        # a base model continuing the raw transcript starts the next user turn
+        return ["\nUSER:"] if self.options.prompt_style == "raw" else []
+
+
 @register_task("mt_bench")
-class MTBench(Task):
+class MTBench(MultiTurnChat):
     """MT-bench: two-turn chat; speed from the runner, quality from an optional judge."""
 
     description = "MT-bench: 80 two-turn chat questions, speed always, quality with an optional judge model"
@@ -174,19 +195,6 @@ class MTBench(Task):
             )
             for r in records
         ]
-
-    def n_turns(self, sample: Sample) -> int:
-        return len(sample.data["turns"])
-
-    def prompt_ids(self, sample: Sample, tokenizer: Any, previous_answers: list[str] | None = None) -> list[int]:
-        messages = conversation(sample.data["turns"], list(previous_answers or []))
-        if self.use_chat(tokenizer):
-            return encode_chat(tokenizer, messages)
-        return encode_raw(tokenizer, raw_conversation(messages))
-
-    def stop_strings(self, sample: Sample) -> list[str]:
-        # a base model continuing the raw transcript starts the next user turn
-        return ["\nUSER:"] if self.options.prompt_style == "raw" else []
 
     def score(self, sample: Sample, completions: list[str]) -> dict[str, Any]:
         return {"judged": False, "category": sample.data["category"]}

@@ -82,7 +82,7 @@ def test_markdown_title_and_plot_headings_carry_the_banner(synthetic_report: Pat
     assert md.splitlines()[0] == f"# cllm-bench report ({SYNTHETIC_BANNER})"
     plots_section = md.split("## Plots", 1)[1].split("\n## ", 1)[0]
     headings = [line for line in plots_section.splitlines() if line.startswith("### ")]
-    assert len(headings) == 5
+    assert len(headings) == 8  # 5 core plots + per-category speedup, acceptance per position, histogram
     assert all(SYNTHETIC_BANNER in h for h in headings), headings
 
 
