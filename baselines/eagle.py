@@ -29,9 +29,9 @@ One round (:meth:`EagleDecoder.step`):
    path, paired with the accepted tokens, become the next pending pairs.
 
 Every draft forward is a ``draft`` trace step (``fed`` = tokens fed), every target
-forward a ``target`` step. The tree is cut to the tokens still allowed by
-``max_new_tokens`` (no node deeper than ``remaining - 1``); EOS inside a tree and a
-budget ending inside it are handled by :class:`OutputBuffer`.
+forward a ``target`` step. As in the reference the tree is not cut to the budget: EOS
+inside a tree and a budget ending inside it are handled by :class:`OutputBuffer` (only
+when a single token is still wanted — x's bonus — nothing is drafted).
 """
 
 from __future__ import annotations
@@ -336,15 +336,16 @@ class EagleDecoder(Decoder):
             x = self.step(engine, drafter, trace, out, x)
         return out.finish(trace)
 
-    def draft(self, drafter: FeatureDrafter, trace: Trace, levels: int, base: int) -> tuple[Candidates, list[int]]:
-        """Catch the head up and draft a tree at most ``levels`` deep; records the draft steps."""
+    def draft(self, drafter: FeatureDrafter, trace: Trace, base: int) -> tuple[Candidates, list[int]]:
+        """Catch the head up and draft this round's tree (x at position ``base``); records the
+        draft steps; leaves the head's cache holding the accepted text only."""
         fed = drafter.pending
         root = drafter.catch_up()
         trace.record("draft", fed=fed, accepted=0)
         if self.tree == "dynamic":
-            cands, chosen, _ = dynamic_tree(drafter, root, base, self.top_k, min(self.depth, levels - 1), self.total_tokens - 1)
+            cands, chosen, _ = dynamic_tree(drafter, root, base, self.top_k, self.depth, self.total_tokens - 1)
         else:
-            cands, chosen, _ = static_tree(drafter, root, base, self.static_paths(min(self.depth + 1, levels)))
+            cands, chosen, _ = static_tree(drafter, root, base, self.static_paths(self.depth + 1))
         for width in cands.widths:
             trace.record("draft", fed=width, accepted=0)
         drafter.drop_tree()
@@ -353,10 +354,9 @@ class EagleDecoder(Decoder):
     def step(self, engine: Engine, drafter: FeatureDrafter, trace: Trace, out: OutputBuffer, x: int) -> int:
         """Draft, verify ``[x] + tree`` in one target forward, keep the accepted path. Returns the new x."""
         start = engine.length
-        levels = out.remaining - 1  # no node deeper than the tokens still wanted after x
         tokens, parents, depths = [], [-1], [0]
-        if levels >= 1:
-            cands, chosen = self.draft(drafter, trace, levels, start)
+        if out.remaining > 1:  # the last token wanted is x's bonus: nothing to draft
+            cands, chosen = self.draft(drafter, trace, start)
             tokens, parents, depths = cands.as_block(chosen)
         ids = [x] + tokens
         positions = (torch.tensor(depths, dtype=torch.long) + start).unsqueeze(0).to(engine.device)
