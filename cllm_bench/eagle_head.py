@@ -235,7 +235,10 @@ def load_eagle_head(path: str | Path, target_model: Any) -> EagleHead:
         raise UserError(f"{folder}: embed_tokens.weight has shape {tuple(emb.shape)}, not [vocab_size, hidden_size]")
     head = EagleHead(config, bias=bias, own_embedding=emb is not None)
     state.pop("layers.0.input_layernorm.weight", None)  # identity in EAGLE-1/2 heads
-    missing, unexpected = head.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = head.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a tensor whose shape contradicts config.json
+        raise UserError(f"{folder}: the weights do not match its config.json: {str(exc).splitlines()[-1].strip()}") from None
     missing = [k for k in missing if "rotary_emb" not in k]
     if missing or unexpected:
         raise UserError(

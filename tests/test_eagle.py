@@ -186,6 +186,20 @@ def test_bad_input_names_the_fix(tmp_path, llama64):
             dec.validate_target(wrap_model(llama64))
         with pytest.raises(UserError, match=what):
             dec.prepare(wrap_model(llama64))
+    write_release_head(tmp_path / "liar", llama64, intermediate_size=96)  # weights are 128 wide
+    with pytest.raises(UserError, match="do not match its config.json"):
+        build_decoder(f"eagle:head={tmp_path / 'liar'}").prepare(wrap_model(llama64))
+
+
+def test_measure_script_parses():
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "measure_eagle.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    for needle in ("train eagle", "eagle:head=", "medusa:heads=", "speculative:draft=", "lookahead", "prompt_lookup"):
+        assert needle in text
 
 
 def test_cli_refuses_a_mismatched_head_before_any_cell(tiny_model_dir, tmp_path, capsys):
@@ -239,6 +253,22 @@ def test_trainer_writes_release_layout_and_manifest(trained):
     assert m["kind"] == "eagle" and m["updates"] == 240 and m["train_seconds"] > 0
     assert m["loss_weights"] == {"feature_smooth_l1": 1.0, "token_ce": 0.1}
     assert sum(m["losses"][-6:]) < 0.7 * sum(m["losses"][:6])
+
+
+def test_trainer_flags_noise_and_errors(trained, tiny_model_dir, tmp_path):
+    parser = cli.build_parser()
+    a = parser.parse_args(["eagle", "--model", "m", "--data", "d", "--out", "o"])
+    assert (a.lr, a.batch_size, a.feature_noise, a.train_entry) == (3e-5, 4, 0.0, "eagle")
+    data = trained[0].parent / "prompts.jsonl"
+    out = tmp_path / "noisy"
+    args = parser.parse_args(["eagle", "--model", str(tiny_model_dir), "--data", str(data), "--limit", "8",
+                              "--max-new-tokens", "8", "--out", str(out), "--max-steps", "2", "--feature-noise", "0.2"])  # fmt: skip
+    assert cli.run_train(args) == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["feature_noise"] == 0.2 and m["updates"] == 2
+    bad = parser.parse_args(["eagle", "--model", "m", "--data", "d", "--out", "o", "--feature-noise", "-1"])
+    with pytest.raises(UserError, match="feature-noise"):
+        cli.run_train(bad)
 
 
 @pytest.fixture(scope="module")
