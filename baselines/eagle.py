@@ -181,8 +181,11 @@ class Candidates:
         for depth 1), position ``base + depth - 1``; each sees its fed ancestors. Returns
         their draft log-probabilities [k, V]."""
         feats = torch.stack([root_feature if self.parents[c] < 0 else self.features[self.parents[c]] for c in nodes])
-        visible = torch.tensor([[f in self.lineage(c) for f in self.fed] for c in nodes], dtype=torch.bool).reshape(len(nodes), len(self.fed))
-        out = drafter.expand(feats, [self.tokens[c] for c in nodes], [base + self.depths[c] - 1 for c in nodes], visible)
+        lineages = [self.lineage(c) for c in nodes]
+        visible = torch.tensor([[f in line for f in self.fed] for line in lineages], dtype=torch.bool)
+        visible = visible.reshape(len(nodes), len(self.fed))
+        positions = [base + self.depths[c] - 1 for c in nodes]
+        out = drafter.expand(feats, [self.tokens[c] for c in nodes], positions, visible)
         for c, f in zip(nodes, out):
             self.features[c] = f
         self.fed += nodes
@@ -221,7 +224,8 @@ def dynamic_tree(drafter: FeatureDrafter, root_feature: torch.Tensor, base: int,
     return cands, sorted(order[:nodes]), expansions
 
 
-def static_tree(drafter: FeatureDrafter, root_feature: torch.Tensor, base: int, paths: list[tuple[int, ...]]) -> tuple[Candidates, list[int], int]:
+def static_tree(drafter: FeatureDrafter, root_feature: torch.Tensor, base: int,
+                paths: list[tuple[int, ...]]) -> tuple[Candidates, list[int], int]:  # fmt: skip
     """EAGLE-1's fixed tree of rank ``paths`` (prefix-closed), filled level by level.
 
     Returns the candidates (every node, in :func:`build_tree` order), all their indices,
@@ -291,7 +295,9 @@ class EagleDecoder(Decoder):
         if self.tree not in TREES:
             raise ValueError(f"tree must be one of {TREES}, got {self.tree!r}")
         if self.depth < 0 or self.top_k < 1 or self.total_tokens < 2:
-            raise ValueError(f"need depth >= 0, top_k >= 1, total_tokens >= 2; got {self.depth}, {self.top_k}, {self.total_tokens}")
+            raise ValueError(
+                f"need depth >= 0, top_k >= 1, total_tokens >= 2; got {self.depth}, {self.top_k}, {self.total_tokens}"
+            )
         if not self.head:
             raise UserError(
                 "eagle needs a draft head: eagle:head=DIR (a folder written by `cllm-bench train eagle` or an EAGLE "

@@ -180,7 +180,10 @@ def read_head_config(path: str | Path) -> tuple[Path, dict[str, Any]]:
     folder = Path(path).expanduser()
     if folder.is_file():
         folder = folder.parent
-    fix = "pass head=DIR with a folder holding config.json + model.safetensors (or pytorch_model.bin), as written by `cllm-bench train eagle` or released by the EAGLE authors"
+    fix = (
+        "pass head=DIR with a folder holding config.json + model.safetensors (or pytorch_model.bin), "
+        "as written by `cllm-bench train eagle` or released by the EAGLE authors"
+    )
     cfg_path = folder / CONFIG_FILE
     if not cfg_path.is_file():
         raise UserError(f"no EAGLE head at {path}: {cfg_path} is missing; {fix}")

@@ -109,7 +109,8 @@ def run(args: argparse.Namespace, console: Any = None) -> int:
     optimizer = common.make_optimizer(head.parameters(), settings.lr, settings.weight_decay)
     head, optimizer = acc.prepare(head, optimizer)
     collate = common.SequenceCollator(common.pad_token_id(loaded.tokenizer, loaded.model))
-    progress = common.fit(acc, head, optimizer, items, collate, make_step(acc, head, base, args.feature_noise), settings, console, "eagle")
+    step = make_step(acc, head, base, args.feature_noise)
+    progress = common.fit(acc, head, optimizer, items, collate, step, settings, console, "eagle")
     acc.wait_for_everyone()
     if acc.is_main_process:
         trained = acc.unwrap_model(head)
