@@ -11,9 +11,11 @@
 # N_EVAL (20), MAX_NEW (64), EAGLE_LR (1e-3), EAGLE_EPOCHS (4), DRAFT_LAYERS (6).
 #
 # Estimated wall time on the project's 2-core CPU (an estimate, not measured): with the
-# reproduction's traj/medusa/draft present, ~15-30 min to train the head and ~15 min for the
-# run (7 decoders x 20 questions x 64 tokens; run-base of the reproduction, 7 decoders, took
-# 12 min); from scratch add ~50 min (trajectories 35 min, medusa 11 min, draft 3 min).
+# reproduction's traj/medusa/draft present, ~30-40 min to train the head (1200 sequences of
+# ~200 tokens; a 2-update smoke run took ~0.75 s per short sequence) and ~15 min for the run
+# (7 decoders x 20 questions x 64 tokens; the reproduction's run-base, 7 decoders, took 12 min);
+# from scratch (runs/ is not committed) add ~50 min: trajectories 35, medusa 11, draft 3 min
+# (the reproduction's commands.md) — about 1 h 40 min in all.
 # The run has two EAGLE rows: the reference tree (60 tokens verified per forward — costly on a
 # CPU, where a 60-token forward costs several 1-token ones) and a small tree for CPUs.
 set -euo pipefail
