@@ -22,7 +22,8 @@ One round (:meth:`EagleDecoder.step`):
    node). ``tree=static`` instead fills EAGLE-1's fixed tree (:data:`EAGLE1_TREE`,
    node ``(r_1..r_d)`` = the r_d-th most likely token after its parent), one draft
    forward per level. The head's cache is then cut back to the accepted text;
-3. **verify** (one target forward): ``[x] + nodes`` with the tree's ancestor mask;
+3. **verify** (one target forward, :func:`~cllm_bench.baselines.medusa.verify_tree`):
+   ``[x] + nodes`` with the tree's ancestor mask;
    :func:`~cllm_bench.baselines.ngram_pool.tree_accept` keeps the longest path of the
    target's own argmaxes plus the bonus token (so the output equals ``ar``);
    :meth:`Engine.keep` keeps x and the path; the target hidden states of x and the
@@ -42,8 +43,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from cllm_bench.baselines.medusa import build_tree
-from cllm_bench.baselines.ngram_pool import ancestor_mask, tree_accept
+from cllm_bench.baselines.medusa import build_tree, verify_tree
 from cllm_bench.decoders.base import Decoder, OutputBuffer
 from cllm_bench.eagle_head import EagleHead, check_head_fits, head_config, load_eagle_head, read_head_config
 from cllm_bench.engine import Engine
@@ -359,20 +359,14 @@ class EagleDecoder(Decoder):
 
     def step(self, engine: Engine, drafter: FeatureDrafter, trace: Trace, out: OutputBuffer, x: int) -> int:
         """Draft, verify ``[x] + tree`` in one target forward, keep the accepted path. Returns the new x."""
-        start = engine.length
         tokens, parents, depths = [], [-1], [0]
         if out.remaining > 1:  # the last token wanted is x's bonus: nothing to draft
-            cands, chosen = self.draft(drafter, trace, start)
+            cands, chosen = self.draft(drafter, trace, engine.length)
             tokens, parents, depths = cands.as_block(chosen)
         ids = [x] + tokens
-        positions = (torch.tensor(depths, dtype=torch.long) + start).unsqueeze(0).to(engine.device)
-        logits, hidden = engine.forward(engine.ids_tensor(ids), positions=positions, tree_mask=ancestor_mask(parents),
-                                        output_hidden=True)  # fmt: skip
-        path, accepted = tree_accept(ids, parents, logits[0].argmax(dim=-1).tolist())
-        keep = [0] + path
-        engine.keep(start, keep)
+        path, accepted, hidden = verify_tree(engine, ids, parents, depths)
         taken = out.accept(accepted)
         trace.record("target", fed=len(ids), accepted=taken, proposed=len(tokens), accepted_len=len(accepted))
-        drafter.add(hidden[0, keep], accepted)
+        drafter.add(hidden[[0] + path], accepted)  # x and the path: features for the next pairs
         return accepted[-1]
 
