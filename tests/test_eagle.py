@@ -253,6 +253,9 @@ def test_trainer_writes_release_layout_and_manifest(trained):
     m = json.loads((out / "manifest.json").read_text())
     assert m["kind"] == "eagle" and m["updates"] == 240 and m["train_seconds"] > 0
     assert m["loss_weights"] == {"feature_smooth_l1": 1.0, "token_ce": 0.1}
+    terms = m["loss_terms"]
+    assert {"vloss", "ploss", "top1"} <= set(terms) and len(terms["top1"]) == 240
+    assert sum(terms["top1"][-6:]) > sum(terms["top1"][:6])  # the draft agrees more with the target
     assert sum(m["losses"][-6:]) < 0.7 * sum(m["losses"][:6])
 
 

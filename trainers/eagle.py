@@ -9,7 +9,8 @@ as in EAGLE's ``train/main.py``::
 
 (v_w = 1.0, p_w = 0.1; the token term is a soft cross-entropy against the target's own
 distribution through the frozen ``lm_head``), averaged over the positions whose token
-t + 1 is an answer token. ``--feature-noise S`` adds uniform noise U(-S/2, S/2) to the input
+t + 1 is an answer token. The manifest keeps, per update, the feature loss (``vloss``), the
+token loss (``ploss``) and the draft's top-1 agreement with the target (``top1``). ``--feature-noise S`` adds uniform noise U(-S/2, S/2) to the input
 features (EAGLE trains with noise; default 0 here).
 
 Data: the target's own greedy answers — recorded in a trajectories folder (``answer_ids``)
@@ -97,6 +98,9 @@ def run(args: argparse.Namespace, console: Any = None) -> int:
     settings = common.settings_from_args(args)
     acc = common.make_accelerator(settings.mixed_precision, settings.grad_accum, settings.cpu, settings.seed)
     loaded = common.load_for_training(args.model, args.dtype)
+    source = Path(args.data).expanduser()
+    if source.is_dir() and (source / common.MANIFEST_FILE).is_file():  # trajectories of another model: refuse
+        common.check_trajectories_match(common.read_json(source / common.MANIFEST_FILE), loaded, args.model)
     base = common.place_frozen(loaded.model, acc.device)
     eos_id = common.answer_eos_id(loaded.tokenizer, loaded.eos_ids)
     examples = common.load_examples(
@@ -122,7 +126,7 @@ def run(args: argparse.Namespace, console: Any = None) -> int:
         common.write_manifest(
             Path(args.out), "eagle", model=args.model, data=args.data, answers="self-distilled (target greedy)",
             examples=len(items), loss_weights={"feature_smooth_l1": V_WEIGHT, "token_ce": P_WEIGHT},
-            feature_noise=args.feature_noise, **common.settings_summary(settings, acc, progress),
+            feature_noise=args.feature_noise, loss_terms=progress.terms, **common.settings_summary(settings, acc, progress),
         )
         acc.print(f"saved an EAGLE head to {args.out}; use eagle:head={args.out}")
     acc.wait_for_everyone()
