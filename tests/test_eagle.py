@@ -19,7 +19,7 @@ from cllm_bench.models import load_model, wrap_model
 from cllm_bench.static_engine import StaticEngine
 from cllm_bench.trainers import cli
 from conftest import prompts, tiny_llama, tiny_qwen2
-from test_baselines import NO_EOS, eos_mid_output, run
+from test_baselines import NO_EOS, cyclic_model, eos_mid_output, run
 
 SMALL = "depth=3,top_k=4,total_tokens=12"
 
@@ -133,6 +133,37 @@ def test_static_engine_equals_dynamic():
             got = dec.generate(static, prompt, 24, NO_EOS)
             assert got.tokens == expected.tokens
             assert [s.fed for s in got.steps] == [s.fed for s in expected.steps]
+
+
+def perfect_head(model) -> EagleHead:
+    """For :func:`cyclic_model`: the feature after (h_t, token_{t+1}) is exactly the target's
+    h_{t+1} = sqrt(H)·onehot(token_{t+1}) — fc scales the (one-hot) embedding, the layer adds 0."""
+    hidden = model.config.hidden_size
+    head = EagleHead(head_config(model.config)).to(torch.float64).eval()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.zero_()
+        head.fc.weight[:, :hidden] = torch.eye(hidden, dtype=torch.float64) * hidden**0.5  # embedding half
+        head.layers[0].post_attention_layernorm.weight.fill_(1.0)
+    return head
+
+
+@pytest.mark.parametrize("params, per_round", [("depth=3,top_k=4,total_tokens=12", 5), ("tree=static", 6),
+                                               ("depth=0,top_k=2", 2), ("depth=6,top_k=1,total_tokens=8", 8)])  # fmt: skip
+def test_perfect_head_accepts_the_whole_chain(params, per_round):
+    """A head that predicts the target's features exactly: every round accepts the deepest
+    path of the tree (depth + 1 nodes) plus the bonus — positions, masks and catch-up agree."""
+    f = lambda t: 3 + (t * 5) % 11  # noqa: E731
+    model = cyclic_model(next_token=f)
+    dec = build_decoder("eagle:head=random," + params)
+    dec._head, dec._head_for = perfect_head(model), model  # what prepare() stores
+    prompt = [5, 17, 40, 8]
+    trace = run(model, "", prompt, 40, decoder=dec)
+    assert trace.tokens == run(model, "ar", prompt, 40).tokens
+    rounds = [s for s in trace.steps if s.kind == "target"]
+    drafted = [s for s in rounds if s.fed > 1]  # a last round with one token wanted drafts nothing
+    assert all(s.info["accepted_len"] == per_round for s in drafted) and len(rounds) - len(drafted) <= 1
+    assert len(rounds) == -(-(40 - 1) // per_round)
 
 
 # ------------------------------------------------------------------ release layout
