@@ -166,6 +166,25 @@ def test_perfect_head_accepts_the_whole_chain(params, per_round):
     assert len(rounds) == -(-(40 - 1) // per_round)
 
 
+def test_perfect_head_budget_and_eos_inside_a_tree():
+    """Rounds accept 5 tokens: a budget of 8 or 9 and an EOS at index 2 end inside a round."""
+    f = lambda t: 3 + (t * 5) % 11  # noqa: E731  (prompt ends with 8: output cycle 10 9 4 12 8 ...)
+    model = cyclic_model(next_token=f)
+    dec = build_decoder(f"eagle:head=random,{SMALL}")
+    dec._head, dec._head_for = perfect_head(model), model
+    prompt = [5, 17, 40, 8]
+    for max_new in (8, 9):
+        trace = run(model, "", prompt, max_new, decoder=dec)
+        assert trace.tokens == run(model, "ar", prompt, max_new).tokens and trace.stop_reason == "length"
+        last = [s for s in trace.steps if s.kind == "target"][-1]
+        assert (last.accepted, last.info["accepted_len"]) == (max_new - 6, 5)
+    eos, expected = eos_mid_output(model, prompt, pos=2)
+    trace = run(model, "", prompt, 40, eos, decoder=dec)
+    assert trace.tokens == expected == [10, 9, 4] and trace.stop_reason == "eos"
+    last = [s for s in trace.steps if s.kind == "target"][-1]
+    assert (last.accepted, last.info["accepted_len"]) == (2, 5)
+
+
 # ------------------------------------------------------------------ release layout
 @pytest.mark.parametrize("fmt, embed", [("bin", True), ("safetensors", False)])
 def test_release_layout_loads(tmp_path, llama64, fmt, embed):
