@@ -597,7 +597,7 @@ RESULT_HEADERS: tuple[str, ...] = (
 )
 
 
-FAMILY_ORDER = {"ar": 0, "jacobi": 1, "cllm": 2, "lookahead": 3, "speculative": 4, "medusa": 5}
+FAMILY_ORDER = {"ar": 0, "jacobi": 1, "cllm": 2, "lookahead": 3, "speculative": 4, "medusa": 5, "eagle": 6}
 
 
 def natural_key(text: str) -> tuple:
