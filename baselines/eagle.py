@@ -150,7 +150,8 @@ class Candidates:
 
     tokens / parents (candidate index, -1 = child of the root x) / scores (cumulative draft
     log-probability) / depths (1 = child of x). ``fed``: candidates fed to the head, in its
-    cache order; ``widths``: nodes fed by each draft forward; ``features``: candidate -> the head's output at that node.
+    cache order; ``widths``: nodes fed by each draft forward; ``features``: candidate -> the
+    head's output [H] at that node.
     """
 
     tokens: list[int] = field(default_factory=list)
