@@ -10,7 +10,7 @@ One step = one target forward:
    its token is the ``i_d``-th most likely token of head d-1. The fed block is
    ``[x] + nodes`` (node depth d at position P+d), attending through
    :func:`~cllm_bench.baselines.ngram_pool.ancestor_mask` (a node sees x and its ancestors).
-2. **verify** (:func:`~cllm_bench.baselines.ngram_pool.tree_accept`): the longest
+2. **verify** (:func:`verify_tree`, :func:`~cllm_bench.baselines.ngram_pool.tree_accept`): the longest
    root-to-node path whose tokens are the base model's own argmaxes, plus the bonus argmax
    after it — exactly the greedy tokens, so the output equals ``ar``.
 3. keep the KV of x and the accepted path (:meth:`Engine.keep`); the heads read the
@@ -29,7 +29,7 @@ from __future__ import annotations
 import inspect
 import itertools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -140,6 +140,30 @@ def prefill_with_hidden(engine: Engine, prompt_ids: list[int]) -> tuple[torch.Te
     return logits[0, -1], hidden[0, -1]
 
 
+def verify_tree(
+    engine: Engine, ids: list[int], parents: Sequence[int], depth: Sequence[int] | torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> tuple[list[int], list[int], torch.Tensor]:  # fmt: skip
+    """Verify a token tree in ONE target forward and keep the accepted path's KV (greedy).
+
+    ids: fed tokens, ``ids[0]`` = x (the last accepted token, not yet cached), then the
+    nodes; parents: parent index per fed token (``parents[0] = -1``, parents first);
+    depth: position offset per fed token (root 0); mask: the [k, k] ancestor mask (built
+    from ``parents`` when None). Feeds at ``engine.length + depth``, accepts with
+    :func:`tree_accept` and leaves the cache holding x and the accepted path.
+    Returns ``(path, accepted, hidden)``: path node indices (root excluded), the accepted
+    tokens (path + bonus) and the final hidden states [k, H] of every fed token.
+    """
+    start = engine.length
+    offsets = depth if isinstance(depth, torch.Tensor) else torch.tensor(list(depth), dtype=torch.long)
+    positions = (offsets + start).unsqueeze(0).to(engine.device)
+    tree_mask = ancestor_mask(parents) if mask is None else mask
+    logits, hidden = engine.forward(engine.ids_tensor(list(ids)), positions=positions, tree_mask=tree_mask, output_hidden=True)
+    path, accepted = tree_accept(ids, parents, logits[0].argmax(dim=-1).tolist())
+    engine.keep(start, [0] + path)
+    return path, accepted, hidden[0]
+
+
 def build_heads(spec: str, model: Any, seed: int = 0) -> MedusaHeads:
     """Heads for ``model`` from ``random:H`` or a saved folder, on the model's device and dtype."""
     param = next(model.parameters())
@@ -227,16 +251,11 @@ class MedusaDecoder(Decoder):
         """Feed ``[x] + tree``, accept the longest verified path. Returns the new (x, head logits [H, V])."""
         nodes = tree_tokens(tree, head_logits)
         ids = [x] + nodes
-        start = engine.length
-        positions = (tree.depth + start).unsqueeze(0).to(engine.device)
-        logits, hidden = engine.forward(engine.ids_tensor(ids), positions=positions, tree_mask=tree.mask, output_hidden=True)
-        predicted = logits[0].argmax(dim=-1).tolist()
-        path, accepted = tree_accept(ids, tree.parents, predicted)
-        engine.keep(start, [0] + path)
+        path, accepted, hidden = verify_tree(engine, ids, tree.parents, tree.depth, tree.mask)
         taken = out.accept(accepted)
         trace.record("target", fed=len(ids), accepted=taken, proposed=len(nodes), accepted_len=len(accepted),
                      proposal_depth=tree.max_depth)  # fmt: skip
         last = path[-1] if path else 0
         with torch.inference_mode():
-            next_logits = heads(hidden[0, last])
+            next_logits = heads(hidden[last])
         return accepted[-1], next_logits

@@ -215,7 +215,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------- train / models
 def add_train_parser(sub: Any) -> None:
-    p = sub.add_parser("train", help="produce the compared models: trajectories, cllm, medusa, draft, sft")
+    p = sub.add_parser("train", help="produce the compared models: trajectories, cllm, medusa, eagle, draft, sft")
     try:
         from cllm_bench.trainers.cli import add_train_subcommands
     except ImportError as exc:

@@ -162,6 +162,7 @@ DECODERS: Registry = Registry(
         "lookahead": "cllm_bench.baselines.lookahead",
         "speculative": "cllm_bench.baselines.speculative",
         "medusa": "cllm_bench.baselines.medusa",
+        "eagle": "cllm_bench.baselines.eagle",
         "prompt_lookup": "cllm_bench.baselines.prompt_lookup",
     },
     validator="cllm_bench.plugins:validate_decoder_class",

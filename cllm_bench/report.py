@@ -412,6 +412,20 @@ def load_reference(path: Path = REFERENCE_JSON) -> dict[str, Any] | None:
     return data
 
 
+def load_references(main: Path = REFERENCE_JSON) -> dict[str, Any] | None:
+    """``main`` (cllm_paper.json) with the entries of every other ``*.json`` beside it appended
+    (e.g. ``spec_bench_eagle.json``), in file-name order; None when ``main`` is absent."""
+    reference = load_reference(main)
+    if reference is None:
+        return None
+    merged = {**reference, "entries": list(reference["entries"])}
+    for extra in sorted(main.parent.glob("*.json")):
+        if extra.resolve() != main.resolve():
+            more = load_reference(extra)
+            merged["entries"] += more["entries"] if more else []
+    return merged
+
+
 @dataclass(frozen=True)
 class PaperRow:
     """Our measured cells beside the published entries for one (task, method)."""
@@ -585,7 +599,7 @@ RESULT_HEADERS: tuple[str, ...] = (
 )
 
 
-FAMILY_ORDER = {"ar": 0, "jacobi": 1, "cllm": 2, "lookahead": 3, "speculative": 4, "medusa": 5}
+FAMILY_ORDER = {"ar": 0, "jacobi": 1, "cllm": 2, "lookahead": 3, "speculative": 4, "medusa": 5, "eagle": 6}
 
 
 def natural_key(text: str) -> tuple:
@@ -825,9 +839,11 @@ def paper_caveat(reference: Mapping[str, Any], runs: Sequence[Run]) -> str:
     ours = sorted({str(c["model"]) for r in runs for c in r.results})
     devices = sorted({str(r.provenance.get("device_name") or r.provenance.get("device") or "unknown device") for r in runs})
     dtypes = sorted({str(r.provenance.get("dtype") or "unknown dtype") for r in runs})
+    stated = sorted({str(e["hardware"]) for e in reference.get("entries", []) if e.get("hardware", "not stated") != "not stated"})
+    hardware = "hardware the sources do not state" + (f" or other devices ({'; '.join(stated)})" if stated else "")
     return (
-        "Not a like-for-like comparison: the published numbers come from 7B-class (and larger) models on hardware "
-        "the sources do not state, with the reference scripts' own timing rules; this report measured "
+        f"Not a like-for-like comparison: the published numbers come from 7B-class (and larger) models on {hardware}, "
+        "with the reference scripts' own timing rules; this report measured "
         f"{', '.join(ours)} on {', '.join(devices)} in {', '.join(dtypes)}. Compare the shape (which method gains "
         "on which task, base model vs CLLM), not absolute values. ≈ marks a value read off a bar chart "
         f"({reference.get('read_off_plot_note', 'estimated from bar heights')}); "
@@ -1279,7 +1295,7 @@ def run_report(run_dirs: list[Path], output_dir: Path | None, formats: list[str]
     output = Path(output_dir) if output_dir is not None else paths[0] / "report"
     if output.exists() and not output.is_dir():
         raise UserError(f"output {output} exists and is not a folder; pass --output with a folder path")
-    reference = load_reference()
+    reference = load_references()
     cells = [c for r in runs for c in cells_of(r)]
     plots = make_plots(cells, banner=synthetic_banner(runs)) if ("md" in chosen or "html" in chosen) else []
     from cllm_bench.report_speed import load_spec_bench_reference

@@ -27,7 +27,8 @@ from matplotlib.patches import Patch
 from cllm_bench.report import LOW_N, Cell, decoder_family, decoder_sort_key, sorted_cells
 
 DPI = 100
-FAMILY_CMAPS = {"jacobi": "Blues", "cllm": "Oranges", "lookahead": "Greens", "speculative": "Purples", "medusa": "RdPu"}
+FAMILY_CMAPS = {"jacobi": "Blues", "cllm": "Oranges", "lookahead": "Greens", "speculative": "Purples", "medusa": "RdPu",
+               "eagle": "YlOrBr"}
 OTHER_COLORS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:red")
 TASK_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 RUN_HATCHES = ("", "///", "...", "xx", "\\\\\\")

@@ -407,6 +407,8 @@ def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("r
             console.print(f"loading model [bold]{model_spec}[/] ...")
             loaded = load_model(model_spec, dtype=config.dtype, device=group.device(config.device))
             device = loaded.device
+            for decoder in decoders:  # a head or draft that does not fit fails before any cell
+                decoder.validate_target(loaded)
             engine = EngineFor(loaded.model, config)  # shared by all cells: compiled graphs are reused
             for task_name, task in tasks.items():
                 shard = group.shard(task_samples[task_name])

@@ -1,8 +1,8 @@
-"""Command line of the trainers: ``cllm-bench train trajectories|cllm|medusa|draft|sft``.
+"""Command line of the trainers: ``cllm-bench train trajectories|cllm|medusa|eagle|draft|sft``.
 
 Entry points:
 
-* :func:`add_train_subcommands` adds the five sub-commands to an argparse sub-parsers
+* :func:`add_train_subcommands` adds the six sub-commands to an argparse sub-parsers
   object (``cllm_bench.cli`` calls it for ``cllm-bench train``);
 * :func:`run_train` runs the parsed sub-command (returns the exit code);
 * :func:`main` is the same command line standalone, so several processes can be started
@@ -23,6 +23,7 @@ TRAINERS = {
     "trajectories": "cllm_bench.trainers.trajectories",
     "cllm": "cllm_bench.trainers.cllm",
     "medusa": "cllm_bench.trainers.medusa",
+    "eagle": "cllm_bench.trainers.eagle",
     "draft": "cllm_bench.trainers.draft",
     "sft": "cllm_bench.trainers.sft",
 }
@@ -142,6 +143,17 @@ def add_medusa(sub: Any) -> None:
     p.set_defaults(train_entry="medusa")
 
 
+def add_eagle(sub: Any) -> None:
+    p = sub.add_parser("eagle", help="train an EAGLE draft head (feature regression + token CE) on a frozen target")
+    p.add_argument("--model", required=True, help="the frozen target model")
+    add_data_flags(p, "--data", "prompt source / JSONL, or a trajectories folder (the target's greedy answers reused)")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=256, help="length of the target answers decoded now")
+    p.add_argument("--max-length", type=_positive_int, default=2048, help="truncate prompt+answer to N tokens")
+    p.add_argument("--feature-noise", type=float, default=0.0, help="uniform noise width on input features (EAGLE: 0.2)")
+    add_training_flags(p, lr=3e-5, batch_size=4)
+    p.set_defaults(train_entry="eagle")
+
+
 def add_draft(sub: Any) -> None:
     p = sub.add_parser("draft", help="distil a draft model for speculative decoding")
     p.add_argument("--model", required=True, help="the target model")
@@ -166,8 +178,8 @@ def add_sft(sub: Any) -> None:
 
 
 def add_train_subcommands(subparsers: Any) -> None:
-    """Add ``trajectories``, ``cllm``, ``medusa``, ``draft`` and ``sft`` to ``subparsers``."""
-    for add in (add_trajectories, add_cllm, add_medusa, add_draft, add_sft):
+    """Add ``trajectories``, ``cllm``, ``medusa``, ``eagle``, ``draft`` and ``sft`` to ``subparsers``."""
+    for add in (add_trajectories, add_cllm, add_medusa, add_eagle, add_draft, add_sft):
         add(subparsers)
 
 

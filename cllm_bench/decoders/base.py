@@ -100,6 +100,14 @@ class Decoder(ABC):
         once per model before any timed generation (so loading is never timed).
         """
 
+    def validate_target(self, target: Any) -> None:
+        """Raise :class:`UserError` when the decoder cannot run on ``target`` (a
+        :class:`~cllm_bench.models.LoadedModel`), e.g. a draft head of another hidden size.
+
+        Cheap (reads configs, loads no weights); the runner calls it for every decoder right
+        after a model is loaded, before any cell of that model runs.
+        """
+
     @abstractmethod
     def generate(self, engine: Any, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         """Decode greedily after ``prompt_ids``; see the module docstring for the rules."""
