@@ -125,8 +125,8 @@ def schema_from_tables_json(entry: dict[str, Any]) -> tuple[TableSchema, ...]:
 
     Column names and types, primary and foreign keys come from the entry's ``*_original``
     fields; the rendering is the same for every database, train and dev alike (Spider's
-    own .sqlite files were written by hand in many styles), e.g.
-    ``CREATE TABLE singer (Singer_ID number PRIMARY KEY, Name text, FOREIGN KEY (x) REFERENCES t(y))``.
+    own .sqlite files were written by hand in many styles): one column per line, then
+    ``PRIMARY KEY (...)`` and ``FOREIGN KEY (x) REFERENCES t(y)`` lines.
     """
     names = entry.get("table_names_original") or entry.get("table_names") or []
     columns = entry.get("column_names_original") or entry.get("column_names") or []
@@ -134,18 +134,17 @@ def schema_from_tables_json(entry: dict[str, Any]) -> tuple[TableSchema, ...]:
     primary = set(entry.get("primary_keys") or [])
     out = []
     for t_index, t_name in enumerate(names):
-        parts, keys = [], []
-        for c_index, (owner, c_name) in enumerate(columns):
-            if owner != t_index:
-                continue
-            parts.append(f"{c_name} {types[c_index]}" + (" PRIMARY KEY" if c_index in primary else ""))
+        lines = [f"  {c_name} {types[c_index]}" for c_index, (owner, c_name) in enumerate(columns) if owner == t_index]
+        keys = [columns[c][1] for c in sorted(primary) if columns[c][0] == t_index]
+        if keys:
+            lines.append(f"  PRIMARY KEY ({', '.join(keys)})")
         for src, dst in entry.get("foreign_keys") or []:
             if columns[src][0] == t_index:
-                keys.append(f"FOREIGN KEY ({columns[src][1]}) REFERENCES {names[columns[dst][0]]}({columns[dst][1]})")
+                lines.append(f"  FOREIGN KEY ({columns[src][1]}) REFERENCES {names[columns[dst][0]]}({columns[dst][1]})")
         out.append(TableSchema(
             name=t_name,
             columns=tuple(c for owner, c in columns if owner == t_index),
-            create_sql=f"CREATE TABLE {t_name} ({', '.join(parts + keys)})",
+            create_sql=f"CREATE TABLE {t_name} (\n" + ",\n".join(lines) + "\n)",
         ))
     return tuple(out)
 
@@ -159,7 +158,7 @@ def raw_prompt(schema: tuple[TableSchema, ...], question: str) -> str:
 
 def chat_messages(schema: tuple[TableSchema, ...], question: str) -> list[dict[str, str]]:
     """The user turn for chat models: CREATE TABLE statements, the instruction, the question."""
-    ddl = ";\n".join(t.create_sql for t in schema) + ";"
+    ddl = ";\n\n".join(t.create_sql for t in schema) + ";"
     content = f"SQLite database schema:\n\n{ddl}\n\n{CHAT_INSTRUCTION}\n\nQuestion: {question}"
     return [{"role": "user", "content": content}]
 
