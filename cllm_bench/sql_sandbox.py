@@ -139,6 +139,8 @@ def run_queries(
     per query, in order: its rows (tuples of int/float/str/bytes/None), or the
     :class:`QueryError` it failed with. Raises :class:`QueryError` only when the database
     file does not exist. ``timeout_s`` holds per query; the database is never modified.
+    When the child dies on a query (memory, output limit, a kill at the deadline), that
+    query fails with the reason and the queries after it run in a fresh child.
     """
     path = Path(db_path)
     if not path.is_file():
@@ -146,18 +148,29 @@ def run_queries(
     if not queries:
         return []
     isolation = detect_isolation() if isolation is None else isolation
-    memory_mb = int(memory_mb)
+    results: list[list[tuple[Any, ...]] | QueryError] = []
+    while len(results) < len(queries):  # a child that died is restarted after the query it died on
+        results += _run_batch(path, list(queries[len(results):]), float(timeout_s), int(max_rows), int(memory_mb), isolation)
+    return results
+
+
+def _run_batch(
+    path: Path, queries: list[str], timeout_s: float, max_rows: int, memory_mb: int, isolation: Isolation
+) -> list[list[tuple[Any, ...]] | QueryError]:
+    """The results of ``queries`` in one child, up to and including the first query that
+    got no answer (the child died or was killed on it: that query gets the reason); so the
+    list is never empty and shorter than ``queries`` only after such a failure."""
     spec = {
         "uri": readonly_uri(_SANDBOX_DB if isolation.isolated else path),
-        "queries": list(queries),
-        "timeout_s": float(timeout_s),
-        "max_rows": int(max_rows),
+        "queries": queries,
+        "timeout_s": timeout_s,
+        "max_rows": max_rows,
         "max_value_bytes": MAX_VALUE_BYTES,
         "heap_bytes": memory_mb * 1024 * 1024 // 2,
         "progress_steps": PROGRESS_STEPS,
     }
     program = _RUNNER.replace("__MARK__", repr(_ROW_MARK)).replace("__SPEC__", repr(json.dumps(spec)))
-    limits = Limits(timeout_s=len(queries) * float(timeout_s) + STARTUP_ALLOWANCE_S, memory_mb=memory_mb,
+    limits = Limits(timeout_s=len(queries) * timeout_s + STARTUP_ALLOWANCE_S, memory_mb=memory_mb,
                     file_size_mb=OUTPUT_MB, disk_mb=1)  # fmt: skip
     try:
         run = run_program(program, limits, isolation=isolation, data_files=((path, _SANDBOX_DB),))
@@ -178,8 +191,13 @@ def run_queries(
             found[index] = [tuple(_decode(v) for v in row) for row in record["rows"]]
         else:
             found[index] = QueryError(str(record.get("error")))
-    missing = QueryError(_failure(result_of(run, limits).reason, timeout_s, memory_mb))
-    return [found.get(i, missing) for i in range(len(queries))]
+    out: list[list[tuple[Any, ...]] | QueryError] = []
+    for index in range(len(queries)):
+        if index not in found:
+            out.append(QueryError(_failure(result_of(run, limits).reason, timeout_s, memory_mb)))
+            break
+        out.append(found[index])
+    return out
 
 
 def query_sqlite_readonly(

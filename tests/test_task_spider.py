@@ -228,7 +228,7 @@ def test_real_dev_gold_queries_score_perfectly_and_wta_1_is_skipped():
     assert task.skipped == {"missing_database:wta_1": 62}
     assert len(samples) == 972
     start = time.monotonic()
-    scores = [task.score(s, [s.data["query"]]) for s in samples]
+    scores = task.score_batch(samples, [[s.data["query"]] for s in samples])
     metrics = task.aggregate(scores)
     failed = [(s.id, sc) for s, sc in zip(samples, scores) if not (sc["execution_match"] and sc["exact_set_match"])]
     assert failed == []
