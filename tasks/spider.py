@@ -55,7 +55,7 @@ from sqlglot import exp
 
 from cllm_bench.errors import DataError
 from cllm_bench.registry import register_task
-from cllm_bench.sql_sandbox import QueryError, run_queries
+from cllm_bench.sql_sandbox import QueryError, readonly_uri, run_queries
 from cllm_bench.tasks.base import Sample, Task, TaskOptions, encode_chat, encode_raw
 from cllm_bench.tasks.data_files import (
     choice_option,
@@ -108,7 +108,7 @@ class TableSchema:
 
 def read_schema(db_path: Path) -> tuple[TableSchema, ...]:
     """The user tables of a SQLite database in creation order (``sqlite_*`` excluded)."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    conn = sqlite3.connect(readonly_uri(db_path), uri=True)  # quoted: "#", "?", "%" in the path
     try:
         tables = conn.execute(
             "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
