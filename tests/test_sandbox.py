@@ -135,10 +135,7 @@ def isolation(request) -> Isolation:
     """Each isolation mode: bubblewrap (skipped when unusable here) and the hook-only fallback."""
     if request.param == "none":
         return Isolation.none("test: hook-only fallback")
-    found = detect_isolation()
-    if not found.isolated:
-        pytest.skip(f"bubblewrap unusable here: {found.reason}")
-    return found
+    return _usable_bwrap()
 
 
 def test_files_are_written_only_into_the_private_working_directory(tmp_path, monkeypatch, isolation):
@@ -213,12 +210,20 @@ def test_classify_maps_exit_statuses_to_reasons():
 
 # --- escapes (issue 18): each probe must fail under bubblewrap ---------------------------
 
-@pytest.fixture()
-def bwrap() -> Isolation:
+def _usable_bwrap() -> Isolation:
+    """The bubblewrap isolation; skips the test when it is unusable here, fails it instead
+    when isolation is required (CI sets CLLM_BENCH_REQUIRE_SANDBOX=1)."""
     found = detect_isolation()
     if not found.isolated:
+        if isolation_required():
+            pytest.fail(f"{REQUIRE_ENV}=1 but bubblewrap is unusable: {found.reason}")
         pytest.skip(f"bubblewrap unusable here ({found.reason}); CI installs it")
     return found
+
+
+@pytest.fixture()
+def bwrap() -> Isolation:
+    return _usable_bwrap()
 
 
 @pytest.fixture()
@@ -310,9 +315,7 @@ def test_sqlite_on_an_absolute_path_stays_inside(bwrap, host_dir):
 
 @pytest.mark.parametrize("mode", ["bubblewrap", "none"])
 def test_rebinding_builtins_does_not_disable_the_guard(mode, host_dir):
-    isolation = Isolation.none("test") if mode == "none" else detect_isolation()
-    if mode == "bubblewrap" and not isolation.isolated:
-        pytest.skip(f"bubblewrap unusable here: {isolation.reason}")
+    isolation = Isolation.none("test") if mode == "none" else _usable_bwrap()
     program = (
         "import builtins, os\n"
         "builtins.isinstance = lambda *args: False\n"
@@ -482,6 +485,18 @@ def test_provenance_record_of_bubblewrap_and_of_no_execution(bwrap):
         assert record["outer_uid"] == 65534 or bwrap.outer_uid is None
     assert sandbox_provenance(False)["isolation"] is None
     assert sandbox_provenance(True, stream=stream)["isolation"] == "bubblewrap"
+
+
+def test_run_summary_provenance_holds_the_sandbox_record():
+    import torch
+
+    from cllm_bench.runner import RunConfig, _summary_doc
+
+    record = Isolation.none("test").provenance()
+    doc = _summary_doc(RunConfig(), torch.device("cpu"), "start", [], True, record)
+    assert doc["provenance"]["sandbox"] == record
+    # requiring isolation is not part of a run's identity: a resumed run may add it
+    assert RunConfig(require_isolation=True).identity_hash() == RunConfig().identity_hash()
 
 
 # --- SQL -------------------------------------------------------------------------------

@@ -214,6 +214,7 @@ def test_score_command_records_the_sandbox_and_can_require_it(tmp_path, monkeypa
     from cllm_bench.cli import main
     from cllm_bench.isolation import detect_isolation
 
+    monkeypatch.delenv("CLLM_BENCH_REQUIRE_SANDBOX", raising=False)
     problem = HumanEval(TaskOptions()).samples(1)[0]
     preds = tmp_path / "preds.jsonl"
     preds.write_text(json.dumps({"id": problem.id, "completion": problem.data["canonical_solution"]}) + "\n")
