@@ -34,7 +34,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, Mapping, TextIO
 
 from cllm_bench.errors import UserError
 
@@ -203,7 +203,7 @@ def detect_isolation(bwrap: str | None = "bwrap") -> Isolation:
     return Isolation.none(f"bwrap cannot create a sandbox on this machine ({error})")
 
 
-def isolation_required(environ: dict[str, str] | os._Environ | None = None) -> bool:
+def isolation_required(environ: Mapping[str, str] | None = None) -> bool:
     """True when :data:`REQUIRE_ENV` is set to 1/true/yes in ``environ`` (default os.environ)."""
     value = (os.environ if environ is None else environ).get(REQUIRE_ENV, "")
     return value.strip().lower() in ("1", "true", "yes", "on")

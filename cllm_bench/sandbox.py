@@ -29,6 +29,7 @@ machinery, see :mod:`cllm_bench.sql_sandbox`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import math
@@ -317,8 +318,10 @@ def run_program(
     start = time.monotonic()
     rlimits = limits.rlimits()
     argv_tail = ["-I", "-c", _BOOTSTRAP, _MARKER, str(_EXIT_RAISED), json.dumps(rlimits)]
-    with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as output, \
-            tempfile.TemporaryDirectory(prefix="cllm-sandbox-", ignore_cleanup_errors=True) as workdir:
+    # the fallback's working directory on the host; bubblewrap brings its own private tmpfs
+    private_dir = contextlib.nullcontext("") if isolation.isolated else \
+        tempfile.TemporaryDirectory(prefix="cllm-sandbox-", ignore_cleanup_errors=True)  # fmt: skip
+    with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as output, private_dir as workdir:
         stdin.write(program.encode("utf-8"))
         stdin.flush()
         stdin.seek(0)
