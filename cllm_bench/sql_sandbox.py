@@ -22,6 +22,9 @@ read-only and the harness's file is never reachable for writing) plus:
 
 Rows come back as JSON lines on the child's output (bytes as base64), whose size is
 capped by the file-size limit; the harness never unpickles anything from the child.
+Under bubblewrap the database file is copied into each child's private file system
+(through an open file descriptor, so the sandbox needs no access to its folder): cheap
+for Spider's databases (at most a few MB), a cost to keep in mind for large ones.
 """
 
 from __future__ import annotations
