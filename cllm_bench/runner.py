@@ -18,6 +18,7 @@ model x decoder x task x sample, appended durably — the resume log), ``summary
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import resource
 import statistics
@@ -37,7 +38,7 @@ from cllm_bench.decoders.base import Decoder, build_decoder
 from cllm_bench.engine import Engine
 from cllm_bench.errors import UserError
 from cllm_bench.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_source
-from cllm_bench.provenance import now_iso, provenance
+from cllm_bench.provenance import now_iso, provenance, sandbox_provenance
 from cllm_bench.registry import TASKS
 from cllm_bench.distributed import ProcessGroup
 from cllm_bench.results_io import (
@@ -78,6 +79,7 @@ class RunConfig:
     compile: str = "auto"
     task_args: dict[str, str] = field(default_factory=dict)
     allow_code_execution: bool = False
+    require_isolation: bool = False
     log_samples: bool = False
     exclude_degenerate: bool = False
     judge: str | None = None
@@ -87,7 +89,7 @@ class RunConfig:
     def identity(self) -> dict[str, Any]:
         """The fields that must match for a rerun to resume into the same folder."""
         ident = asdict(self)
-        for volatile in ("output_path", "log_samples"):
+        for volatile in ("output_path", "log_samples", "require_isolation"):
             ident.pop(volatile)
         return ident
 
@@ -381,6 +383,9 @@ def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("r
     for spec in config.models + ([config.judge] if config.judge else []):
         resolve_source(spec)
     judge = Judge(config.judge, config) if config.judge else None
+    executes = config.allow_code_execution and any(task.requires_execution for task in tasks.values())
+    # warns once (process 0) or refuses (every process) when there is no OS-level sandbox
+    sandbox = sandbox_provenance(executes, config.require_isolation, None if group.is_main else io.StringIO())
     if group.world > 1 and not config.output_path:
         raise UserError("several processes need one run folder: pass --output-path")
     out = resolve_output_dir(config, results_root)
@@ -419,7 +424,7 @@ def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("r
                     memory[(model_spec, decoder.label, task_name)] = peak_memory_mb(loaded.device)
                     if group.world == 1:  # a live summary while a single process runs
                         results = summarize(config, decoders, tasks, task_samples, index, memory)
-                        write_json_atomic(out / "summary.json", _summary_doc(config, device, start, results, False))
+                        write_json_atomic(out / "summary.json", _summary_doc(config, device, start, results, False, sandbox))
             del loaded, engine
     assert device is not None
     group.barrier()
@@ -427,7 +432,7 @@ def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("r
         if group.world > 1:
             index = merge_rank_logs(out, config, decoders, task_samples)
         results = summarize(config, decoders, tasks, task_samples, index, memory)
-        write_json_atomic(out / "summary.json", _summary_doc(config, device, start, results, final=True))
+        write_json_atomic(out / "summary.json", _summary_doc(config, device, start, results, True, sandbox))
         cfg = read_json(out / "run_config.json", "run config")
         cfg["finished"] = True
         write_json_atomic(out / "run_config.json", cfg)
@@ -484,11 +489,12 @@ def merge_rank_logs(out: Path, config: RunConfig, decoders: list[Decoder], task_
     return index
 
 
-def _summary_doc(config: RunConfig, device: torch.device, start: str, results: list[dict], final: bool) -> dict:
+def _summary_doc(config: RunConfig, device: torch.device, start: str, results: list[dict], final: bool,
+                 sandbox: dict[str, Any]) -> dict:  # fmt: skip
     prov = provenance(device, config.dtype, config.seed, {
         "start_time": start, "end_time": now_iso() if final else None, "complete": final,
         "repeats": config.repeats, "warmup": config.warmup, "max_new_tokens": config.max_new_tokens,
-        "limit": config.limit, "config": asdict(config),
+        "limit": config.limit, "config": asdict(config), "sandbox": sandbox,
     })  # fmt: skip
     return {"provenance": prov, "results": results}
 

@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cllm_bench.errors import UserError
-from cllm_bench.provenance import now_iso
+from cllm_bench.provenance import now_iso, sandbox_provenance
 from cllm_bench.registry import TASKS
 from cllm_bench.results_io import read_json, write_json_atomic
 from cllm_bench.tasks.base import Sample, Task, TaskOptions
@@ -159,14 +159,17 @@ def default_scores_path(predictions: Path) -> Path:
 
 
 def score_predictions(
-    task_name: str, predictions: Path, options: TaskOptions, output: Path | None, console: Console
+    task_name: str, predictions: Path, options: TaskOptions, output: Path | None, console: Console,
+    *, require_isolation: bool = False,
 ) -> dict[str, Any]:
     """Score a predictions file with ``task_name``'s scorer; write and return the result.
 
     Returns (and writes to ``output``, default :func:`default_scores_path`) a dict with
     ``task``, ``predictions``, ``scored_at``, ``n_predictions``, ``n_task_samples``,
     ``options``, ``metrics`` (the task's aggregate; ``accuracy`` always present) and
-    ``samples`` (``[{"id", "score"}]`` in file order).
+    ``samples`` (``[{"id", "score"}]`` in file order), and ``sandbox`` (how model-written
+    code was isolated, see :func:`cllm_bench.provenance.sandbox_provenance`;
+    ``require_isolation`` refuses to run it without OS isolation).
     """
     predictions = Path(predictions)
     preds = read_predictions(predictions)
@@ -179,6 +182,7 @@ def score_predictions(
             raise _unknown_id(where, pred.id, task_name, known)
         _check_turns(where, task, known[pred.id], pred.completions)
         samples.append(known[pred.id])
+    sandbox = sandbox_provenance(options.allow_code_execution and task.requires_execution, require_isolation)
     scores = score_all(task, samples, [p.completions for p in preds])
     doc = {
         "task": task_name,
@@ -187,6 +191,7 @@ def score_predictions(
         "n_predictions": len(preds),
         "n_task_samples": len(known),
         "options": options_record(options),
+        "sandbox": sandbox,
         "metrics": task.aggregate(scores),
         "samples": [{"id": p.id, "score": s} for p, s in zip(preds, scores)],
     }
@@ -230,13 +235,15 @@ def format_value(value: Any) -> str:
 
 
 # ----------------------------------------------------------------------- rescore_run
-def rescore_run(run_dir: Path, options: TaskOptions, console: Console) -> Path:
+def rescore_run(run_dir: Path, options: TaskOptions, console: Console, *, require_isolation: bool = False) -> Path:
     """Rescore the completions of a run folder into ``summary.rescored-<timestamp>.json``.
 
     Task options: the run's own (``data_dir``, ``prompt_style``, ``task_args`` from
     ``run_config.json``), overridden by ``options`` where given (``data_dir`` when not
     None, ``prompt_style`` when not "auto", ``extra`` keys); code execution only with
-    ``options.allow_code_execution``. Returns the path of the new file.
+    ``options.allow_code_execution`` (``rescore.sandbox`` records its isolation;
+    ``require_isolation`` refuses to run it without OS isolation). Returns the path of
+    the new file.
     """
     run_dir = Path(run_dir)
     samples_path, summary_path = run_dir / "samples.jsonl", run_dir / "summary.json"
@@ -248,13 +255,15 @@ def rescore_run(run_dir: Path, options: TaskOptions, console: Console) -> Path:
         raise UserError(f'{summary_path} has no "results" list; it is not a cllm-bench summary')
     task_options = run_task_options(options, run_config(run_dir, summary))
     cells = group_records(read_run_records(samples_path, console))
+    sandbox = sandbox_provenance(options.allow_code_execution, require_isolation)
     metrics = rescore_cells(cells, task_options, samples_path)
     results = merged_results(summary["results"], metrics, cells, console)
     out = rescored_path(run_dir)
     write_json_atomic(out, {
         "provenance": summary.get("provenance", {}),
         "rescored_at": now_iso(),
-        "rescore": {"source": summary_path.name, "samples": samples_path.name, "options": options_record(task_options)},
+        "rescore": {"source": summary_path.name, "samples": samples_path.name, "options": options_record(task_options),
+                    "sandbox": sandbox},
         "results": results,
     })  # fmt: skip
     console.print(rescore_table(summary["results"], results, run_dir))  # the caller names the new file

@@ -8,9 +8,10 @@ in a ```python block; base models continue the raw prompt (signature + docstring
 
 Scoring: the completion becomes a program by :func:`extract_program` (fenced block,
 full definition, or body continuation), then ``program + test + check(entry_point)``
-runs in :func:`cllm_bench.sandbox.run_python`: only with
-``TaskOptions.allow_code_execution``; without it ``passed`` is None and the accuracy is
-not computed. pass@1 with one greedy sample is the share of passed problems.
+runs in :func:`cllm_bench.sandbox.run_python` (a bubblewrap sandbox when available, see
+:mod:`cllm_bench.isolation`; a hang, fork bomb, memory hog or network call fails that
+one problem): only with ``TaskOptions.allow_code_execution``; without it ``passed`` is
+None and the accuracy is not computed. pass@1 with one greedy sample is the share of passed problems.
 
 Task arguments (``--task-args``): ``timeout_s`` (per problem, default 10),
 ``memory_mb`` (default 1024).

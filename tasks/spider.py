@@ -21,12 +21,17 @@ Scoring (per sample):
 
 * ``pred_sql``: the first fenced block, else the first statement of the completion (up
   to ``;`` or a blank line outside quotes), see :func:`extract_sql`;
-* ``execution_match`` (the task's ``accuracy``): predicted and gold query run on the
-  database opened read-only (:func:`cllm_bench.sandbox.query_sqlite_readonly`: reads
-  only, time limit ``query_timeout_s``, default 5 s); results compared as multisets of
-  rows, or as lists when the gold query has a top-level ORDER BY; floats rounded to 6
-  decimals; the predicted columns may come in another order (as in the official
-  test-suite evaluation). Only with ``TaskOptions.allow_code_execution``, else None;
+* ``execution_match`` (the task's ``accuracy``): as the official test-suite evaluator
+  (``keep_distinct=False``), every ``DISTINCT`` keyword is first removed from both
+  queries (:func:`remove_distinct`: ``SELECT DISTINCT``, ``count(DISTINCT x)``, in
+  subqueries too); task argument ``keep_distinct=true`` keeps them. Gold and predicted
+  query then run together in one sandboxed child on the database opened read-only
+  (:func:`cllm_bench.sql_sandbox.run_queries`: reads only, OS isolation when available,
+  memory cap ``query_memory_mb`` (default 1024), time limit ``query_timeout_s`` per
+  query, default 5 s); results compared as multisets of rows, or as lists when the gold
+  query has a top-level ORDER BY; floats rounded to 6 decimals; the predicted columns
+  may come in another order (as in the official evaluator). Only with
+  ``TaskOptions.allow_code_execution``, else None;
 * ``exact_set_match``: structural comparison of the two queries parsed by sqlglot
   (dialect sqlite), see :func:`sql_signature`: keywords and identifiers case-folded,
   table aliases and column qualifiers dropped, literal values ignored (as the official
@@ -50,7 +55,7 @@ from sqlglot import exp
 
 from cllm_bench.errors import DataError
 from cllm_bench.registry import register_task
-from cllm_bench.sandbox import QueryError, query_sqlite_readonly
+from cllm_bench.sql_sandbox import QueryError, readonly_uri, run_queries
 from cllm_bench.tasks.base import Sample, Task, TaskOptions, encode_chat, encode_raw
 from cllm_bench.tasks.data_files import (
     choice_option,
@@ -78,6 +83,8 @@ CHAT_INSTRUCTION = (
     "Write one SQLite query that answers the question below. Reply with only the SQL "
     "query in a ```sql code block."
 )
+#: the queries of at most this many samples run in one sandboxed child
+SAMPLES_PER_CHILD = 64
 #: float results are compared after rounding to this many decimals
 FLOAT_DECIMALS = 6
 #: results this wide or narrower may match with their columns in another order...
@@ -101,7 +108,7 @@ class TableSchema:
 
 def read_schema(db_path: Path) -> tuple[TableSchema, ...]:
     """The user tables of a SQLite database in creation order (``sqlite_*`` excluded)."""
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    conn = sqlite3.connect(readonly_uri(db_path), uri=True)  # quoted: "#", "?", "%" in the path
     try:
         tables = conn.execute(
             "SELECT name, sql FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
@@ -360,6 +367,67 @@ def results_match(pred: list[tuple], gold: list[tuple], ordered: bool) -> bool:
     return False
 
 
+def _match(gold: list[tuple] | QueryError, pred: list[tuple] | QueryError | None, gold_sql: str) -> tuple[bool | None, str | None]:
+    """(execution match, error) of one sample from its query results (pred None: empty)."""
+    if isinstance(gold, QueryError):
+        return None, f"gold query failed: {gold}"
+    if pred is None:
+        return False, "empty prediction"
+    if isinstance(pred, QueryError):
+        return False, str(pred)
+    return results_match(pred, gold, ordered=has_top_level_order_by(gold_sql)), None
+
+
+# --- DISTINCT removal (pure) -----------------------------------------------------------
+
+def _skip_quoted(sql: str, start: int) -> int:
+    """Index just past the quoted string, identifier or comment starting at ``start``
+    (the end of ``sql`` when it is not closed); ``start`` when nothing is quoted there."""
+    opening = sql[start]
+    if sql.startswith("--", start):
+        end = sql.find("\n", start)
+        return len(sql) if end < 0 else end
+    if sql.startswith("/*", start):
+        end = sql.find("*/", start + 2)
+        return len(sql) if end < 0 else end + 2
+    if opening in "'\"`[":
+        end = sql.find("]" if opening == "[" else opening, start + 1)
+        return len(sql) if end < 0 else end + 1  # a doubled quote ('it''s') is two strings in a row
+    return start
+
+
+def remove_distinct(sql: str) -> str:
+    """``sql`` without its ``DISTINCT`` keywords, as the official Spider test-suite
+    evaluator does before executing (``keep_distinct=False``): every DISTINCT word outside
+    string literals, quoted identifiers and comments is dropped (``SELECT DISTINCT a`` ->
+    ``SELECT  a``, ``count(DISTINCT a)`` -> ``count( a)``), except in ``IS [NOT] DISTINCT
+    FROM``, an operator rather than a duplicate filter. Everything else is kept verbatim."""
+    out: list[str] = []
+    previous: list[str] = []  # the last two words, lower-case
+    i = 0
+    while i < len(sql):
+        end = _skip_quoted(sql, i)
+        if end > i:
+            out.append(sql[i:end])
+            i = end
+            continue
+        char = sql[i]
+        if char.isalpha() or char == "_":
+            end = i
+            while end < len(sql) and (sql[end].isalnum() or sql[end] in "_$"):
+                end += 1
+            word = sql[i:end]
+            operator = previous[-1:] == ["is"] or previous[-2:] == ["is", "not"]
+            if word.lower() != "distinct" or operator:
+                out.append(word)
+            previous = (previous + [word.lower()])[-2:]
+            i = end
+            continue
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
 # --- the task --------------------------------------------------------------------------
 
 def database_path(data_dir: Path, db_id: str) -> Path:
@@ -382,6 +450,8 @@ class Spider(Task):
     def __init__(self, options: TaskOptions | None = None) -> None:
         super().__init__(options)
         self.skipped: dict[str, int] = {}
+        #: official rule (False): DISTINCT is removed from both queries before executing
+        self.keep_distinct = choice_option(self.options.extra, "keep_distinct", "false", ("false", "true"), "spider") == "true"
         self._schemas: dict[str, tuple[TableSchema, ...]] = {}
         self._tables: dict[str, dict[str, Any]] | None = None
 
@@ -459,7 +529,20 @@ class Spider(Task):
         return stops + ["\n\n"] if self.options.prompt_style == "raw" else stops
 
     def score(self, sample: Sample, completions: list[str]) -> dict[str, Any]:
-        pred = extract_sql(completions[0] if completions else "")
+        return self.score_batch([sample], [completions])[0]
+
+    def score_batch(self, samples: list[Sample], completions: list[list[str]]) -> list[dict[str, Any]]:
+        """:meth:`score` for many samples; the queries of up to :data:`SAMPLES_PER_CHILD`
+        samples on one database run in one sandboxed child."""
+        preds = [extract_sql(c[0] if c else "") for c in completions]
+        results = [self._static_score(s, p) for s, p in zip(samples, preds, strict=True)]
+        if self.options.allow_code_execution:
+            for result, (match, error) in zip(results, self._execution_matches(samples, preds)):
+                result["execution_match"], result["error"] = match, error
+        return results
+
+    def _static_score(self, sample: Sample, pred: str) -> dict[str, Any]:
+        """The score without execution: exact-set match and parse error."""
         gold = sample.data["query"]
         known = frozenset(n.lower() for t in self.schema(sample) for n in (t.name, *t.columns))
         try:
@@ -467,32 +550,33 @@ class Spider(Task):
             parse_error = False
         except SqlParseError:
             exact, parse_error = False, True
-        result: dict[str, Any] = {
-            "execution_match": None,
-            "exact_set_match": exact,
-            "parse_error": parse_error,
-            "error": None,
-            "pred_sql": pred,
-        }
-        if self.options.allow_code_execution:
-            result["execution_match"], result["error"] = self._execution_match(sample, pred)
-        return result
+        return {"execution_match": None, "exact_set_match": exact, "parse_error": parse_error, "error": None,
+                "pred_sql": pred}  # fmt: skip
 
-    def _execution_match(self, sample: Sample, pred: str) -> tuple[bool | None, str | None]:
-        """(match, error): match None only when the gold query itself fails."""
-        timeout = float_option(self.options.extra, "query_timeout_s", 5.0, "spider")
-        db, gold = sample.data["db_path"], sample.data["query"]
-        try:
-            gold_rows = query_sqlite_readonly(db, gold, timeout_s=timeout)
-        except QueryError as err:
-            return None, f"gold query failed: {err}"
-        if not pred:
-            return False, "empty prediction"
-        try:
-            pred_rows = query_sqlite_readonly(db, pred, timeout_s=timeout)
-        except QueryError as err:
-            return False, str(err)
-        return results_match(pred_rows, gold_rows, ordered=has_top_level_order_by(gold)), None
+    def _execution_matches(self, samples: list[Sample], preds: list[str]) -> list[tuple[bool | None, str | None]]:
+        """(match, error) per sample: match None only when the gold query itself fails.
+        Both queries lose their DISTINCT first unless ``keep_distinct``."""
+        extra = self.options.extra
+        timeout = float_option(extra, "query_timeout_s", 5.0, "spider")
+        memory_mb = int(float_option(extra, "query_memory_mb", 1024, "spider"))
+        prepare = (lambda sql: sql) if self.keep_distinct else remove_distinct
+        by_db: dict[str, list[int]] = {}
+        for i, sample in enumerate(samples):
+            by_db.setdefault(sample.data["db_path"], []).append(i)
+        out: list[tuple[bool | None, str | None]] = [(None, None)] * len(samples)
+        for db, indices in by_db.items():
+            for start in range(0, len(indices), SAMPLES_PER_CHILD):
+                chunk = indices[start : start + SAMPLES_PER_CHILD]
+                queries = [prepare(q) for i in chunk for q in [samples[i].data["query"], *([preds[i]] if preds[i] else [])]]
+                try:
+                    rows = iter(run_queries(db, queries, timeout, memory_mb=memory_mb))
+                except QueryError as err:  # the database file is gone
+                    rows = iter([err] * len(queries))
+                for i in chunk:
+                    gold_rows = next(rows)
+                    pred_rows = next(rows) if preds[i] else None
+                    out[i] = _match(gold_rows, pred_rows, samples[i].data["query"])
+        return out
 
     def aggregate(self, scores: list[dict[str, Any]]) -> dict[str, Any]:
         n = len(scores)

@@ -25,7 +25,7 @@ like any other. Keys (flat, one file = one task)::
 
 ``--prompt-style chat|raw`` overrides ``style``. ``code_execution`` and ``sql_execution``
 run only with ``--allow-code-execution`` (sandboxed: :func:`cllm_bench.sandbox.run_python`,
-:func:`cllm_bench.sandbox.query_sqlite_readonly`); without it ``accuracy`` is None.
+:func:`cllm_bench.sql_sandbox.query_sqlite_readonly`); without it ``accuracy`` is None.
 """
 
 from __future__ import annotations
@@ -329,7 +329,7 @@ class TemplateTask(Task):
         return {"correct": result.passed, "reason": result.reason, "program": program}
 
     def _run_sql(self, sample: Sample, sql: str, gold: str) -> dict[str, Any]:
-        from cllm_bench.sandbox import QueryError, query_sqlite_readonly
+        from cllm_bench.sql_sandbox import QueryError, query_sqlite_readonly
         from cllm_bench.tasks.spider import has_top_level_order_by, results_match
 
         db = Path(str(sample.data[self.spec.db_field])).expanduser()

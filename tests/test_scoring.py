@@ -65,9 +65,10 @@ def test_scores_file_is_written_next_to_the_predictions(tmp_path, data_dir):
     out = tmp_path / "preds.scores.json"
     assert default_scores_path(preds) == out
     assert json.loads(out.read_text()) == json.loads(json.dumps(doc))
-    keys = {"task", "predictions", "scored_at", "n_predictions", "n_task_samples", "options", "metrics", "samples"}
+    keys = {"task", "predictions", "scored_at", "n_predictions", "n_task_samples", "options", "sandbox", "metrics", "samples"}
     assert set(doc) == keys
     assert doc["metrics"]["accuracy"] == 0.5 and doc["n_predictions"] == 2
+    assert doc["sandbox"]["isolation"] is None  # gsm8k runs no model-written code
     printed = console.file.getvalue()
     assert "accuracy" in printed and "0.5000" in printed and str(out) in printed
 

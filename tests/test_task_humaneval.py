@@ -187,3 +187,56 @@ def test_raw_prompt_is_the_problem_prompt():
     assert decode(forced_raw.prompt_ids(SAMPLE, FakeTokenizer(chat=True))) == PROMPT
     assert "\ndef " in forced_raw.stop_strings(SAMPLE)
     assert HumanEval(TaskOptions(prompt_style="chat")).stop_strings(SAMPLE) == []
+
+
+# --- sandboxed execution: runaways cost one sample, the run goes on -----------------------
+
+def _toy(index: int) -> Sample:
+    return Sample(id=f"Toy/{index}", data=dict(SAMPLE.data))
+
+
+def test_runaway_completions_fail_alone_and_the_batch_goes_on():
+    task = HumanEval(TaskOptions(allow_code_execution=True, extra={"timeout_s": "2", "memory_mb": "512"}))
+    bodies = [
+        "    import time\n    time.sleep(60)\n",  # hang
+        "    import os\n    while True:\n        os.fork()\n",  # fork bomb
+        "    x = bytearray(4 * 1024 ** 3)\n",  # memory hog
+        "    import urllib.request\n    urllib.request.urlopen('http://127.0.0.1:9/', timeout=1)\n",  # network
+        "    return a + b\n",
+    ]
+    scores = task.score_batch([_toy(i) for i in range(len(bodies))], [[body] for body in bodies])
+    assert [s["passed"] for s in scores] == [False, False, False, False, True]
+    assert scores[0]["reason"] == "timeout" and scores[2]["reason"] == "memory"
+    assert task.aggregate(scores)["passed"] == 1
+
+
+def test_score_command_records_the_sandbox_and_can_require_it(tmp_path, monkeypatch, capsys):
+    from cllm_bench.cli import main
+    from cllm_bench.isolation import detect_isolation
+
+    monkeypatch.delenv("CLLM_BENCH_REQUIRE_SANDBOX", raising=False)
+    problem = HumanEval(TaskOptions()).samples(1)[0]
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text(json.dumps({"id": problem.id, "completion": problem.data["canonical_solution"]}) + "\n")
+    out = tmp_path / "scores.json"
+    assert main(["score", "--task", "humaneval", "--predictions", str(preds), "--allow-code-execution",
+                 "--output", str(out)]) == 0  # fmt: skip
+    record = json.loads(out.read_text())["sandbox"]
+    assert record["isolation"] == detect_isolation().kind
+    # no bwrap on PATH: a loud warning once, or exit 2 when isolation is required
+    monkeypatch.setenv("PATH", str(tmp_path))
+    detect_isolation.cache_clear()
+    try:
+        capsys.readouterr()
+        assert main(["score", "--task", "humaneval", "--predictions", str(preds), "--allow-code-execution",
+                     "--output", str(out)]) == 0  # fmt: skip
+        err = capsys.readouterr().err
+        assert err.count("WARNING: model-written code will run WITHOUT OS-level isolation") == 1
+        assert json.loads(out.read_text())["sandbox"]["isolation"] == "none"
+        assert main(["score", "--task", "humaneval", "--predictions", str(preds), "--allow-code-execution",
+                     "--require-isolation"]) == 2  # fmt: skip
+        assert "sandbox required" in capsys.readouterr().err
+        monkeypatch.setenv("CLLM_BENCH_REQUIRE_SANDBOX", "1")
+        assert main(["score", "--task", "humaneval", "--predictions", str(preds), "--allow-code-execution"]) == 2
+    finally:
+        detect_isolation.cache_clear()

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import FakeTokenizer, decode
 
-from cllm_bench.errors import DataError
+from cllm_bench.errors import DataError, UserError
 from cllm_bench.registry import TASKS
 from cllm_bench.tasks.base import TaskOptions
 from cllm_bench.tasks.spider import (
@@ -24,6 +24,7 @@ from cllm_bench.tasks.spider import (
     extract_sql,
     first_statement,
     has_top_level_order_by,
+    remove_distinct,
     results_match,
     sql_signature,
 )
@@ -152,6 +153,83 @@ def test_without_opt_in_no_execution_but_exact_match(tmp_path):
     assert metrics["exact_set_match"] == 1.0
 
 
+# --- DISTINCT (official rule: removed before executing) ---------------------------------
+
+def _distinct_task(root: Path, **extra: str) -> Spider:
+    return Spider(TaskOptions(data_dir=root, allow_code_execution=True, extra={"query_timeout_s": "2", **extra}))
+
+
+@pytest.mark.parametrize(
+    ("gold", "pred"),
+    [
+        ("SELECT count(DISTINCT city) FROM owner", "SELECT count(city) FROM owner"),  # 2 vs 3
+        ("SELECT DISTINCT city FROM owner", "SELECT city FROM owner"),  # Paris once vs twice
+        ("SELECT city FROM owner", "SELECT DISTINCT city FROM owner"),
+    ],
+)
+def test_distinct_is_removed_by_default_and_kept_on_request(tmp_path, gold, pred):
+    root = make_spider(tmp_path)
+    official = _distinct_task(root)
+    sample = official.samples()[0]
+    sample.data["query"] = gold
+    assert official.keep_distinct is False
+    assert official.score(sample, [pred])["execution_match"] is True
+    kept = _distinct_task(root, keep_distinct="true")
+    assert kept.keep_distinct is True
+    assert kept.score(sample, [pred])["execution_match"] is False
+    assert kept.score(sample, [gold])["execution_match"] is True
+
+
+def test_bad_keep_distinct_value_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="keep_distinct"):
+        Spider(TaskOptions(data_dir=tmp_path, extra={"keep_distinct": "maybe"}))
+
+
+def test_remove_distinct_drops_the_keyword_only():
+    assert remove_distinct("SELECT DISTINCT name FROM pet") == "SELECT  name FROM pet"
+    assert remove_distinct("select count(distinct T1.city) from owner as T1") == "select count( T1.city) from owner as T1"
+    assert remove_distinct("SELECT a FROM t WHERE b IN (SELECT Distinct b FROM u)") == "SELECT a FROM t WHERE b IN (SELECT  b FROM u)"
+    kept = "SELECT 'distinct', \"distinct\", [distinct] FROM t WHERE a IS NOT DISTINCT FROM b -- distinct"
+    assert remove_distinct(kept) == kept
+    assert remove_distinct("SELECT a FROM t WHERE s = 'it''s distinct' AND x IS DISTINCT FROM y") == (
+        "SELECT a FROM t WHERE s = 'it''s distinct' AND x IS DISTINCT FROM y"
+    )
+    assert remove_distinct("SELECT distinct_count, DISTINCTx FROM t") == "SELECT distinct_count, DISTINCTx FROM t"
+
+
+# --- bounded, quoted execution -----------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "pred",
+    [
+        "SELECT zeroblob(1000000000)",
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 1000) SELECT randomblob(100000000) FROM c",
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 100000) SELECT length(randomblob(5000000)) FROM c",
+    ],
+)
+def test_expensive_predictions_fail_fast_and_the_next_sample_still_scores(task, pred):
+    samples = task.samples()
+    start = time.monotonic()
+    scores = task.score_batch(samples[:2], [[pred], [samples[1].data["query"]]])
+    assert time.monotonic() - start < 2 * 1.0 + 5.0
+    assert scores[0]["execution_match"] is False and scores[0]["error"]
+    assert scores[1]["execution_match"] is True
+
+
+@pytest.mark.parametrize("folder", ["data#dir", "100%", "q?mode=rw"])
+def test_data_dir_with_uri_characters_executes_the_right_database(tmp_path, folder):
+    root = make_spider(tmp_path / folder)
+    task = Spider(TaskOptions(data_dir=root, allow_code_execution=True, extra={"schema": "database"}))
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    samples = task.samples()
+    scores = task.score_batch(samples, [[s.data["query"]] for s in samples])
+    assert [s["execution_match"] for s in scores] == [True, True, True]
+    assert task.score(samples[0], ["SELECT count(*) FROM owner WHERE city = 'Rome'"])["execution_match"] is False
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # no other database created
+    prompt = decode(task.prompt_ids(samples[0], FakeTokenizer(chat=False)))
+    assert "table named pet with columns ['id', 'name', 'age', 'weight']" in prompt  # the schema was read
+
+
 # --- pure pieces -----------------------------------------------------------------------
 
 def test_extract_sql():
@@ -228,7 +306,7 @@ def test_real_dev_gold_queries_score_perfectly_and_wta_1_is_skipped():
     assert task.skipped == {"missing_database:wta_1": 62}
     assert len(samples) == 972
     start = time.monotonic()
-    scores = [task.score(s, [s.data["query"]]) for s in samples]
+    scores = task.score_batch(samples, [[s.data["query"]] for s in samples])
     metrics = task.aggregate(scores)
     failed = [(s.id, sc) for s, sc in zip(samples, scores) if not (sc["execution_match"] and sc["exact_set_match"])]
     assert failed == []
