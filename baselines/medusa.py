@@ -38,6 +38,7 @@ from cllm_bench.decoders.base import Decoder, OutputBuffer
 from cllm_bench.engine import Engine
 from cllm_bench.errors import UserError
 from cllm_bench.medusa_heads import MedusaHeads
+from cllm_bench.model_layout import head_input_size
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import Trace
 
@@ -167,7 +168,7 @@ def verify_tree(
 def build_heads(spec: str, model: Any, seed: int = 0) -> MedusaHeads:
     """Heads for ``model`` from ``random:H`` or a saved folder, on the model's device and dtype."""
     param = next(model.parameters())
-    hidden = int(model.config.hidden_size)
+    hidden = head_input_size(model)  # the head's input width (OPT: word_embed_proj_dim, not hidden_size)
     vocab = int(model.get_output_embeddings().weight.shape[0])
     if spec.startswith("random"):
         _, _, count = spec.partition(":")
