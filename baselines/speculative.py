@@ -315,7 +315,13 @@ class SpeculativeDecoder(Decoder):
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        parse_draft(self.draft)  # fail fast on a malformed draft spec
+        source, layers = parse_draft(self.draft)  # fail fast on a malformed draft spec
+        if layers is not None and layers < 1:
+            raise ValueError(f"draft=self:layers=K needs K >= 1, got {layers}")
+        if source != "self":
+            from cllm_bench.models import check_model_spec
+
+            check_model_spec(source)  # a missing folder/file or unknown model_type fails before any write
         self.lossless = self.temperature == 0  # type: ignore[misc]  # instance value shadows the ClassVar
         self.supports_batch = self.temperature == 0  # type: ignore[misc]  # the batched path is greedy only
         self._draft_model: Any = None

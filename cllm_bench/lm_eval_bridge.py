@@ -383,6 +383,11 @@ class LMEvalTask(Task):
 
     requires_execution = False
     default_max_new_tokens = 256
+    accepted_args = {
+        "include_path": "folders of task YAMLs (:-separated)", "include_defaults": "true/false",
+        "num_fewshot": "integer", "fewshot_seed": "integer", "fewshot_as_multiturn": "true/false",
+        "system_instruction": "text",
+    }  # fmt: skip
 
     def __init__(self, name: str, lm_task: Any, options: TaskOptions | None = None) -> None:
         super().__init__(options)

@@ -17,6 +17,7 @@ model x decoder x task x sample, appended durably — the resume log), ``summary
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import resource
@@ -36,7 +37,7 @@ from cllm_bench.by_category import category_results
 from cllm_bench.decoders.base import Decoder, build_decoder
 from cllm_bench.engine import Engine
 from cllm_bench.errors import UserError
-from cllm_bench.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_source
+from cllm_bench.models import DEFAULT_MODEL, LoadedModel, check_model_spec, load_model
 from cllm_bench.provenance import now_iso, provenance
 from cllm_bench.registry import TASKS
 from cllm_bench.distributed import ProcessGroup
@@ -48,9 +49,15 @@ from cllm_bench.results_io import (
     write_json_atomic,
     write_jsonl_atomic,
 )
+from cllm_bench.run_checks import check_task_args, check_values
+from cllm_bench.run_folder import LOCK_FILE, RunFolderLock, check_output_path
 from cllm_bench.tasks.base import Sample, Task, TaskOptions
 from cllm_bench.timing import Stopwatch
 from cllm_bench.trace import Trace, check_trace
+
+#: keys every samples.jsonl line must hold to be resumed from (else an error names the line)
+RECORD_KEYS = ("model", "decoder", "task", "sample_id", "output_ids", "completions", "generated_tokens",
+               "decode_s", "decode_s_repeats", "score")  # fmt: skip
 
 SUMMARY_KEYS = (
     "model", "decoder", "task", "n_samples", "accuracy", "tokens_per_s", "speedup", "tokens_per_forward",
@@ -131,22 +138,34 @@ def resolve_output_dir(config: RunConfig, results_root: Path = Path("results")) 
     return results_root / f"{stamp}-{config.short_name()}"
 
 
-def claim_output_dir(out: Path, config: RunConfig) -> None:
-    """Refuse a folder that holds a run with other arguments; record ours otherwise."""
+def check_run_folder(out: Path, config: RunConfig) -> bool:
+    """Read-only: raise :class:`UserError` unless ``out`` is usable for this run — absent, an
+    empty folder (a lock file aside), or a run folder with the same arguments (resume).
+    Returns True when ``out`` already holds this run's ``run_config.json``."""
+    check_output_path(out)
     cfg_path = out / "run_config.json"
     if cfg_path.exists():
         saved = read_json(cfg_path, "run config")
-        if saved.get("identity_hash") != config.identity_hash():
-            theirs = saved.get("config", {})
+        if not isinstance(saved, dict) or saved.get("identity_hash") != config.identity_hash():
+            theirs = saved.get("config", {}) if isinstance(saved, dict) else {}
+            theirs = theirs if isinstance(theirs, dict) else {}
             diff = sorted(k for k, v in config.identity().items() if theirs.get(k) != v)
             raise UserError(
                 f"{out} holds a run with different arguments ({', '.join(diff) or 'unknown'} differ); "
                 f"pass another --output-path or rerun with the same arguments to resume"
             )
-        return
-    if out.exists() and any(out.iterdir()):
+        return True
+    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise UserError(f"{out} exists and is not a cllm-bench run folder; pass another --output-path")
-    write_json_atomic(cfg_path, {"identity_hash": config.identity_hash(), "config": asdict(config), "finished": False})
+    return False
+
+
+def claim_output_dir(out: Path, config: RunConfig) -> None:
+    """Refuse a folder that holds a run with other arguments; record ours otherwise
+    (call it holding the folder's :class:`~cllm_bench.run_folder.RunFolderLock`)."""
+    if not check_run_folder(out, config):
+        write_json_atomic(out / "run_config.json",
+                          {"identity_hash": config.identity_hash(), "config": asdict(config), "finished": False})  # fmt: skip
 
 
 # ------------------------------------------------------------------------- per sample
@@ -371,29 +390,42 @@ def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("r
     shard of each task's samples and process 0 merges the logs and writes the summary.
     """
     group = ProcessGroup.from_env()
-    # validate everything a user can get wrong before anything is written
+    # validate everything a user can get wrong before anything is written (run_checks.py)
+    check_values(config)
     decoders = decoder_order(config.decoders)
+    for spec in config.models + ([config.judge] if config.judge else []):
+        check_model_spec(spec)
     tasks = {name: build_task(name, config) for name in config.tasks}
+    check_task_args(config.task_args, tasks)
     task_samples = {name: task.samples(config.limit) for name, task in tasks.items()}
     for name, samples in task_samples.items():
         if not samples:
             raise UserError(f"task {name} produced no samples (check --data-dir and --limit)")
-    for spec in config.models + ([config.judge] if config.judge else []):
-        resolve_source(spec)
     judge = Judge(config.judge, config) if config.judge else None
     if group.world > 1 and not config.output_path:
         raise UserError("several processes need one run folder: pass --output-path")
     out = resolve_output_dir(config, results_root)
+    check_run_folder(out, config)
+    # the first write: the folder and its lock (held by process 0 until the run ends)
+    lock = RunFolderLock(out) if group.is_main else None
+    with lock if lock is not None else contextlib.nullcontext():
+        return _run_locked(config, console, group, out, decoders, tasks, task_samples, judge)
+
+
+def _run_locked(config: RunConfig, console: Console, group: ProcessGroup, out: Path, decoders: list[Decoder],
+                tasks: dict[str, Task], task_samples: dict[str, list[Sample]], judge: Judge | None) -> Path:  # fmt: skip
+    """:func:`run_matrix` after validation, holding the run folder's lock (process 0)."""
     if group.is_main:
         claim_output_dir(out, config)
-        done = read_jsonl_repairing(out / "samples.jsonl")
+        done = read_jsonl_repairing(out / "samples.jsonl", RECORD_KEYS)
     group.barrier()
     if not group.is_main:
-        claim_output_dir(out, config)  # the folder exists now: only checks the arguments
-        done = read_complete_jsonl(out / "samples.jsonl")
+        check_run_folder(out, config)  # the folder exists now: only checks the arguments
+        done = read_complete_jsonl(out / "samples.jsonl", RECORD_KEYS)
     log_path = out / ("samples.jsonl" if group.world == 1 else f"samples.rank{group.rank}.jsonl")
-    done += [r for p in sorted(out.glob("samples.rank*.jsonl")) if p != log_path for r in read_complete_jsonl(p)]
-    done += read_jsonl_repairing(log_path) if group.world > 1 else []
+    done += [r for p in sorted(out.glob("samples.rank*.jsonl")) if p != log_path
+             for r in read_complete_jsonl(p, RECORD_KEYS)]  # fmt: skip
+    done += read_jsonl_repairing(log_path, RECORD_KEYS) if group.world > 1 else []
     if done and group.is_main:
         console.print(f"[yellow]resuming[/] {out}: {len(done)} finished samples kept")
     index = {(r["model"], r["decoder"], r["task"], r["sample_id"]): r for r in done}
@@ -472,10 +504,10 @@ def summarize(config: RunConfig, decoders: list[Decoder], tasks: dict[str, Task]
 def merge_rank_logs(out: Path, config: RunConfig, decoders: list[Decoder], task_samples: dict) -> dict:
     """Process 0: fold every ``samples.rank<R>.jsonl`` into ``samples.jsonl`` (single-process
     order, written atomically), then remove the rank logs."""
-    records = read_complete_jsonl(out / "samples.jsonl")
+    records = read_complete_jsonl(out / "samples.jsonl", RECORD_KEYS)
     rank_logs = sorted(out.glob("samples.rank*.jsonl"))
     for path in rank_logs:
-        records += read_complete_jsonl(path)
+        records += read_complete_jsonl(path, RECORD_KEYS)
     index = {(r["model"], r["decoder"], r["task"], r["sample_id"]): r for r in records}
     merged = [index[k] for k in ordered_keys(config, decoders, task_samples) if k in index]
     write_jsonl_atomic(out / "samples.jsonl", merged)

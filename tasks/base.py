@@ -62,6 +62,9 @@ class Task(ABC):
     requires_execution: ClassVar[bool] = False
     #: default generation budget when the user gives none
     default_max_new_tokens: ClassVar[int] = 256
+    #: the ``--task-args`` keys this task reads -> what each means (shown in errors). A key
+    #: that no task of a run accepts is refused before anything is written.
+    accepted_args: ClassVar[dict[str, str]] = {}
 
     def __init__(self, options: TaskOptions | None = None) -> None:
         self.options = options or TaskOptions()

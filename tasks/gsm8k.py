@@ -204,6 +204,7 @@ class GSM8K(Task):
     description = "GSM8K: 1319 math word problems, exact match of the final number (strict and flexible)"
     requires_execution = False
     default_max_new_tokens = 256
+    accepted_args = {"split": "/".join(SPLITS), "prompt": "/".join(PROMPT_STYLES)}
 
     def samples(self, limit: int | None = None) -> list[Sample]:
         split = choice_option(self.options.extra, "split", "test", SPLITS, "gsm8k")

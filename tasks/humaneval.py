@@ -146,6 +146,7 @@ class HumanEval(Task):
     description = "HumanEval: 164 Python functions, pass@1 by running unit tests (needs --allow-code-execution)"
     requires_execution = True
     default_max_new_tokens = 512
+    accepted_args = {"timeout_s": "sandbox time limit per sample (s)", "memory_mb": "sandbox memory limit (MB)"}
 
     def samples(self, limit: int | None = None) -> list[Sample]:
         path = _problems_file(self.options.data_dir)

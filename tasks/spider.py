@@ -379,6 +379,7 @@ class Spider(Task):
     description = "Spider dev: text-to-SQL on SQLite, execution accuracy (needs --allow-code-execution) + exact-set match"
     requires_execution = True
     default_max_new_tokens = 128
+    accepted_args = {"split": "/".join(SPLIT_FILES), "query_timeout_s": "time limit per SQL query (s)"}
 
     def __init__(self, options: TaskOptions | None = None) -> None:
         super().__init__(options)
