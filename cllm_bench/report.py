@@ -279,6 +279,8 @@ FLAG_LEGEND: dict[str, str] = {
     "FEW-REPEATS": f"fewer than {MIN_REPEATS} timed repeats: the tokens/s spread is not measured",
     "SKIPPED": "some samples were skipped (reasons in the notes under the table)",
     "NO-AR": "no ar cell on the same model and task in this run, so no speedup",
+    "BUSY": "timed while the machine was busy (other processes' CPU/GPU, load, or repeats spread > 1.5x): "
+    "tokens/s and speedup are unreliable",
 }
 
 
@@ -299,6 +301,9 @@ def cell_flags(record: Mapping[str, Any]) -> list[Flag]:
         flags.append(Flag("SKIPPED", ", ".join(f"{k}: {v}" for k, v in skipped.items())))
     if record.get("speedup") is None:
         flags.append(Flag("NO-AR", "speedup unknown"))
+    health = record.get("timing_health")
+    if isinstance(health, dict) and health.get("ok") is False:
+        flags.append(Flag("BUSY", "; ".join(str(p) for p in health.get("problems") or []) or "busy machine"))
     return flags
 
 
@@ -585,6 +590,10 @@ def provenance_items(run: Run) -> tuple[tuple[str, str], ...]:
         ("max_new_tokens / limit", f"{fmt_value(p.get('max_new_tokens'))} / {fmt_value(p.get('limit'))}"),
         ("finished", {True: "yes", False: "NO (partial run)"}.get(p.get("complete"), fmt_value(p.get("complete")))),
     ]
+    health = p.get("timing_health")
+    if isinstance(health, dict):
+        problems = health.get("problems") or []
+        items.append(("timing health", "quiet machine" if not problems else "BUSY: " + "; ".join(map(str, problems))))
     return tuple(items)
 
 

@@ -7,7 +7,14 @@ Measurement discipline:
   * ``warmup`` generations per (model, decoder) are run and discarded before timing;
   * each sample is generated ``repeats`` times with the device synchronised around the
     timed region; the median is reported and the per-repeat spread kept;
-  * TTFT (prefill) is timed apart from decoding.
+  * TTFT (prefill) is timed apart from decoding;
+  * the machine is watched before and during timed work (:mod:`cllm_bench.timing_health`:
+    other processes' CPU, load, idle GPU use, repeat spread); what it sees goes into each
+    sample record, each cell (``timing_health``) and the provenance, and is warned about once.
+
+Before anything is written, everything a user can get wrong is checked (values, device,
+config-file types, model specs, decoder paths, ``--task-args`` keys, the run folder); the
+run folder is then locked (:class:`~cllm_bench.run_folder.RunFolderLock`) until the run ends.
 
 Result files (under ``output_path``): ``run_config.json`` (the arguments; a rerun with
 other arguments into the same folder is refused), ``samples.jsonl`` (one line per
@@ -53,6 +60,7 @@ from cllm_bench.run_checks import check_task_args, check_values
 from cllm_bench.run_folder import LOCK_FILE, RunFolderLock, check_output_path
 from cllm_bench.tasks.base import Sample, Task, TaskOptions
 from cllm_bench.timing import Stopwatch
+from cllm_bench.timing_health import HealthMonitor, cell_health
 from cllm_bench.trace import Trace, check_trace
 
 #: keys every samples.jsonl line must hold to be resumed from (else an error names the line)
@@ -315,6 +323,7 @@ def cell_summary(records: list[dict[str, Any]], task: Task, decoder: Decoder, ar
         "repeats": n_rep,
         "lossless": decoder.lossless,
         "skipped": dict(getattr(task, "skipped", {}) or {}),
+        "timing_health": cell_health(records),
     }  # fmt: skip
     out.update(acceptance_summary(_merged_acceptance(records)))
     if exclude_degenerate and jac:
@@ -434,6 +443,7 @@ def _run_locked(config: RunConfig, console: Console, group: ProcessGroup, out: P
     memory: dict[tuple[str, str, str], float | None] = {}
     device = None
     progress_console = console if group.is_main else Console(quiet=True)
+    health = HealthMonitor()
     with JsonlAppender(log_path) as log, _progress(progress_console) as progress:
         for model_spec in config.models:
             console.print(f"loading model [bold]{model_spec}[/] ...")
@@ -442,16 +452,19 @@ def _run_locked(config: RunConfig, console: Console, group: ProcessGroup, out: P
             for decoder in decoders:  # a head or draft that does not fit fails before any cell
                 decoder.validate_target(loaded)
             engine = EngineFor(loaded.model, config)  # shared by all cells: compiled graphs are reused
+            health.before_timing()
+            warn_timing_health(health, progress_console)
             for task_name, task in tasks.items():
                 shard = group.shard(task_samples[task_name])
                 max_new = config.max_new_tokens or task.default_max_new_tokens
                 for decoder in decoders:
                     _run_cell(loaded, task, task_name, shard, decoder, max_new, config, index, log, progress, engine,
-                              judge)  # fmt: skip
+                              judge, health)  # fmt: skip
                     memory[(model_spec, decoder.label, task_name)] = peak_memory_mb(loaded.device)
                     if group.world == 1:  # a live summary while a single process runs
                         results = summarize(config, decoders, tasks, task_samples, index, memory)
-                        write_json_atomic(out / "summary.json", _summary_doc(config, device, start, results, False))
+                        write_json_atomic(out / "summary.json",
+                                          _summary_doc(config, device, start, results, False, health))  # fmt: skip
             del loaded, engine
     assert device is not None
     group.barrier()
@@ -459,7 +472,7 @@ def _run_locked(config: RunConfig, console: Console, group: ProcessGroup, out: P
         if group.world > 1:
             index = merge_rank_logs(out, config, decoders, task_samples)
         results = summarize(config, decoders, tasks, task_samples, index, memory)
-        write_json_atomic(out / "summary.json", _summary_doc(config, device, start, results, final=True))
+        write_json_atomic(out / "summary.json", _summary_doc(config, device, start, results, True, health))
         cfg = read_json(out / "run_config.json", "run config")
         cfg["finished"] = True
         write_json_atomic(out / "run_config.json", cfg)
@@ -516,13 +529,21 @@ def merge_rank_logs(out: Path, config: RunConfig, decoders: list[Decoder], task_
     return index
 
 
-def _summary_doc(config: RunConfig, device: torch.device, start: str, results: list[dict], final: bool) -> dict:
+def _summary_doc(config: RunConfig, device: torch.device, start: str, results: list[dict], final: bool,
+                 health: HealthMonitor) -> dict:  # fmt: skip
     prov = provenance(device, config.dtype, config.seed, {
         "start_time": start, "end_time": now_iso() if final else None, "complete": final,
         "repeats": config.repeats, "warmup": config.warmup, "max_new_tokens": config.max_new_tokens,
-        "limit": config.limit, "config": asdict(config),
+        "limit": config.limit, "config": asdict(config), "timing_health": health.summary(results),
     })  # fmt: skip
     return {"provenance": prov, "results": results}
+
+
+def warn_timing_health(health: HealthMonitor, console: Console) -> None:
+    """Print the busy-machine warning the first time the monitor has one (once per run)."""
+    message = health.take_warning()
+    if message is not None:
+        console.print(f"[bold yellow]warning:[/] {message}", soft_wrap=True)
 
 
 def _progress(console: Console) -> Progress:
@@ -562,9 +583,12 @@ class EngineFor:
 def _run_cell(
     loaded: LoadedModel, task: Task, task_name: str, samples: list[Sample], decoder: Decoder, max_new: int,
     config: RunConfig, index: dict, log: JsonlAppender, progress: Progress, engine: EngineFor,
-    judge: Judge | None = None,
+    judge: Judge | None = None, health: HealthMonitor | None = None,
 ) -> list[dict[str, Any]]:
-    """All samples of one model x task x decoder: warm-up, timed repeats, scoring, logging."""
+    """All samples of one model x task x decoder: warm-up, timed repeats, scoring, logging.
+
+    ``health`` watches the machine around each timed sample; its reading goes into the
+    sample record's ``timing_health`` (and a busy machine is warned about once)."""
     model = loaded.spec
     decoder.prepare(loaded)
     tok = loaded.tokenizer
@@ -588,6 +612,7 @@ def _run_cell(
             prompts.append(ids)
             gens.append(gen)
             completions.append(tok.decode(gen.trace.tokens, skip_special_tokens=True))
+        sample_health = health.after_sample() if health is not None else None
         if judge is not None and hasattr(task, "score_with_judge"):
             score = task.score_with_judge(sample, completions, judge, task.judge_config(judge.spec))
         else:
@@ -596,6 +621,9 @@ def _run_cell(
         rec = sample_record(model, decoder, task_name, sample, prompts, gens, completions, score, ar_rec, log_prompts)
         if decoder.registered_name == "ar":
             rec["match_ar"], rec["first_divergence"] = True, None
+        if sample_health is not None:
+            rec["timing_health"] = sample_health
+            warn_timing_health(health, progress.console)
         log.append(rec)
         index[(model, decoder.label, task_name, sample.id)] = rec
         progress.advance(bar)
