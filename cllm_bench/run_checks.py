@@ -100,12 +100,18 @@ def check_device(device: str) -> None:
 
 
 def check_task_args(task_args: Mapping[str, Any], tasks: Mapping[str, "Task"]) -> None:
-    """Refuse a ``--task-args`` key that no task of the run accepts (each task lists its
-    keys in ``accepted_args``); the message lists what each task accepts."""
+    """Refuse a ``--task-args`` key that no task of the run accepts, or a value that a task
+    accepting the key would refuse (each task declares ``accepted_args``: key -> TaskArg);
+    the message lists what each task accepts."""
     accepted = {name: dict(getattr(task, "accepted_args", {}) or {}) for name, task in tasks.items()}
     unknown = [key for key in task_args if not any(key in keys for keys in accepted.values())]
     if unknown:
-        listing = "; ".join(f"{name}: {', '.join(f'{k} ({v})' for k, v in keys.items()) or 'none'}"
+        listing = "; ".join(f"{name}: {', '.join(f'{k} ({arg.describe()})' for k, arg in keys.items()) or 'none'}"
                             for name, keys in accepted.items())  # fmt: skip
         raise UserError(f"--task-args {', '.join(map(repr, unknown))} is read by no task of this run; "
                         f"accepted keys — {listing}")  # fmt: skip
+    for key, value in task_args.items():
+        for name, keys in accepted.items():
+            problem = keys[key].problem(str(value)) if key in keys else None
+            if problem:
+                raise UserError(f"--task-args {key}={value!r}: {problem} (task {name})")

@@ -72,6 +72,7 @@ BAD_FLAGS = [
     (("--repeats", "0"), ("--repeats", ">= 1")),
     (("--warmup", "-1"), ("--warmup", ">= 0")),
     (("--task-args", "nope=1"), ("'nope'", "humaneval: timeout_s")),
+    (("--task-args", "timeout_s=abc"), ("timeout_s='abc'", "positive number")),
     (("--decoders", "ar,medusa:heads=/no/such/heads"), ("heads='/no/such/heads'", "missing")),
     (("--decoders", "ar,speculative:draft=/no/such/draft"), ("/no/such/draft", "check the path")),
     (("--decoders", "ar,speculative:draft=self:layers=0"), ("K >= 1",)),
@@ -149,6 +150,10 @@ def test_task_args_accepted_by_one_task_of_the_run_pass_validation(tiny_model_di
     check_task_args({"timeout_s": "3", "split": "test"}, tasks)  # each read by one task
     with pytest.raises(UserError, match="'memory'"):
         check_task_args({"memory": "3"}, tasks)
+    with pytest.raises(UserError, match="timeout_s='abc': must be a positive number"):
+        check_task_args({"timeout_s": "abc"}, tasks)
+    with pytest.raises(UserError, match="must be one of: test, train"):
+        check_task_args({"split": "dev"}, tasks)
 
 
 # ----------------------------------------------------------------------- output path
