@@ -20,13 +20,13 @@ if TYPE_CHECKING:
     from cllm_bench.runner import RunConfig
     from cllm_bench.tasks.base import Task
 
-#: integer fields -> (smallest allowed value, what to tell the user)
-INT_BOUNDS: dict[str, tuple[int, str]] = {
+#: integer fields -> (smallest allowed value or None for any, what to tell the user)
+INT_BOUNDS: dict[str, tuple[int | None, str]] = {
     "limit": (0, "0 means all samples; omit it for the default 5"),
     "max_new_tokens": (1, "omit it for the task's default budget"),
     "repeats": (1, "timed repeats per sample; 1 is the least"),
     "warmup": (0, "0 skips the warm-up"),
-    "seed": (0, "any non-negative integer"),
+    "seed": (None, "any integer"),
     "judge_max_new_tokens": (1, "the judge's generation budget"),
 }
 OPTIONAL_INTS = frozenset({"limit", "max_new_tokens"})
@@ -61,7 +61,7 @@ def check_values(config: "RunConfig") -> None:
             continue
         if not isinstance(value, int) or isinstance(value, bool):
             raise UserError(f"{flag(name)} must be an integer, got {value!r}")
-        if value < low:
+        if low is not None and value < low:
             raise UserError(f"{flag(name)} must be >= {low}, got {value} ({hint})")
     for name, choices in CHOICES.items():
         value = getattr(config, name)

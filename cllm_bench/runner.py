@@ -16,7 +16,8 @@ Before anything is written, everything a user can get wrong is checked (values, 
 config-file types, model specs, decoder paths, ``--task-args`` keys, the run folder); the
 run folder is then locked (:class:`~cllm_bench.run_folder.RunFolderLock`) until the run ends.
 
-Result files (under ``output_path``): ``run_config.json`` (the arguments; a rerun with
+Result files (under ``output_path``): ``.cllm-bench.lock`` (the lock a running run holds;
+its pid inside), ``run_config.json`` (the arguments; a rerun with
 other arguments into the same folder is refused), ``samples.jsonl`` (one line per
 model x decoder x task x sample, appended durably — the resume log), ``summary.json``
 (one record per model x decoder x task + provenance, rewritten atomically).
