@@ -29,6 +29,7 @@ from __future__ import annotations
 import inspect
 import itertools
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -37,7 +38,8 @@ from cllm_bench.baselines.ngram_pool import ancestor_mask, tree_accept
 from cllm_bench.decoders.base import Decoder, OutputBuffer
 from cllm_bench.engine import Engine
 from cllm_bench.errors import UserError
-from cllm_bench.medusa_heads import MedusaHeads
+from cllm_bench.medusa_heads import CONFIG_FILE, WEIGHTS_FILE, MedusaHeads
+from cllm_bench.model_layout import head_input_size
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import Trace
 
@@ -164,10 +166,30 @@ def verify_tree(
     return path, accepted, hidden[0]
 
 
+def check_heads_spec(spec: str) -> None:
+    """Refuse a ``heads=`` value that cannot work, without loading anything: ``random`` /
+    ``random:H`` (H >= 1), or a folder (or one of its two files) holding both
+    ``medusa_config.json`` and ``medusa_heads.safetensors``."""
+    if spec == "random" or spec.startswith("random:"):
+        count = spec.partition(":")[2]
+        if count and not (count.isdigit() and int(count) >= 1):
+            raise UserError(f"heads={spec!r}: write heads=random:H with H an integer >= 1")
+        return
+    folder = Path(spec).expanduser()
+    if folder.is_file() and folder.name in (WEIGHTS_FILE, CONFIG_FILE):
+        folder = folder.parent
+    missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise UserError(
+            f"heads={spec!r}: no Medusa heads there ({', '.join(missing)} missing); give a folder written by "
+            f"`cllm-bench train medusa`, or heads=random:H"
+        )
+
+
 def build_heads(spec: str, model: Any, seed: int = 0) -> MedusaHeads:
     """Heads for ``model`` from ``random:H`` or a saved folder, on the model's device and dtype."""
     param = next(model.parameters())
-    hidden = int(model.config.hidden_size)
+    hidden = head_input_size(model)  # the head's input width (OPT: word_embed_proj_dim, not hidden_size)
     vocab = int(model.get_output_embeddings().weight.shape[0])
     if spec.startswith("random"):
         _, _, count = spec.partition(":")
@@ -210,6 +232,7 @@ class MedusaDecoder(Decoder):
             raise ValueError(f"tree must be one of {TREES}, got {self.tree!r}")
         if self.topk < 1:
             raise ValueError(f"topk must be >= 1, got {self.topk}")
+        check_heads_spec(self.heads)  # a missing folder fails before a run writes anything
         self._heads: MedusaHeads | None = None
         self._heads_for: Any = None
 

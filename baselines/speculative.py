@@ -18,7 +18,8 @@ Draft sources (``draft=...``, loaded in :meth:`SpeculativeDecoder.prepare`, neve
   target forward; a sanity check of the machinery, not a speed-up;
 * ``self:layers=K`` — the target's first K decoder layers + its final norm and head,
   sharing the target's weights (a shallow module view, no copy; K >= the layer count
-  means the whole model);
+  means the whole model); any decoder-only architecture (blocks found by
+  :func:`cllm_bench.model_layout.decoder_blocks`);
 * any model spec :func:`cllm_bench.models.load_model` accepts, loaded in the target's
   dtype on its device. A draft whose vocabulary differs from the target's is refused.
 
@@ -44,6 +45,7 @@ from cllm_bench.batch_engine import BatchEngine, pad_batch
 from cllm_bench.decoders.base import Decoder, OutputBuffer, new_outputs
 from cllm_bench.engine import Engine
 from cllm_bench.errors import UserError
+from cllm_bench.model_layout import decoder_blocks
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import Trace
 
@@ -62,34 +64,45 @@ def _module_view(module: nn.Module) -> nn.Module:
 def truncated_model(model: nn.Module, layers: int) -> nn.Module:
     """The first ``layers`` decoder layers of a causal LM + its final norm and head, weights shared.
 
-    Works for decoder-only transformers laid out as ``model.model.layers`` (Llama, Qwen2,
-    Mistral, ...). The view has its own config (``num_hidden_layers = layers``, and
-    ``layer_types`` cut to match), so an :class:`Engine` over it builds a cache of
-    ``layers`` layers, separate from the target's. ``layers >= `` the layer count
-    returns ``model`` itself.
+    Works for any decoder-only transformers model: the block list is found by
+    :func:`cllm_bench.model_layout.decoder_blocks` (``model.layers`` for Llama/Qwen2,
+    ``gpt_neox.layers``, ``transformer.h``, ``model.decoder.layers``, ...). Every module on
+    the path to the list is replaced in the view by a shallow copy (:func:`_module_view`)
+    so the original is untouched. The view has its own config (``num_hidden_layers =
+    layers``, and ``layer_types`` cut to match), set on every module of the path that holds
+    one, so an :class:`Engine` over it builds a cache of ``layers`` layers, separate from the
+    target's. ``layers >= `` the layer count returns ``model`` itself.
     """
-    inner = getattr(model, "model", None)
-    blocks = getattr(inner, "layers", None)
-    if not isinstance(blocks, nn.ModuleList):
-        raise UserError(
-            f"draft=self:layers=K needs a decoder-only model with model.layers; {type(model).__name__} has none — "
-            f"use draft=self or a separate draft model"
-        )
     if layers < 1:
         raise UserError(f"draft=self:layers=K needs K >= 1, got {layers}")
-    if layers >= len(blocks):
+    found = decoder_blocks(model)
+    if layers >= len(found.blocks):
         return model
     config = copy.deepcopy(model.config)
     config.num_hidden_layers = layers
     if isinstance(getattr(config, "layer_types", None), list):
         config.layer_types = config.layer_types[:layers]
-    inner_view = _module_view(inner)
-    inner_view.layers = nn.ModuleList(list(blocks[:layers]))
-    inner_view.config = config
     view = _module_view(model)
-    view.model = inner_view
-    view.config = config
+    parent_view, parent = view, model
+    for name in found.path[:-1]:
+        child = getattr(parent, name)
+        child_view = _module_view(child)
+        parent_view._modules[name] = child_view
+        parent_view, parent = child_view, child
+    parent_view._modules[found.path[-1]] = nn.ModuleList(list(found.blocks[:layers]))
+    for module in (view, *_path_modules(view, found.path[:-1])):
+        if getattr(module, "config", None) is model.config:
+            module.config = config
     return view
+
+
+def _path_modules(root: nn.Module, path: tuple[str, ...]) -> list[nn.Module]:
+    """The modules met going down ``path`` from ``root`` (``root`` excluded)."""
+    out, module = [], root
+    for name in path:
+        module = getattr(module, name)
+        out.append(module)
+    return out
 
 
 def parse_draft(spec: str) -> tuple[str, int | None]:
@@ -302,7 +315,13 @@ class SpeculativeDecoder(Decoder):
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        parse_draft(self.draft)  # fail fast on a malformed draft spec
+        source, layers = parse_draft(self.draft)  # fail fast on a malformed draft spec
+        if layers is not None and layers < 1:
+            raise ValueError(f"draft=self:layers=K needs K >= 1, got {layers}")
+        if source != "self":
+            from cllm_bench.models import check_model_spec
+
+            check_model_spec(source)  # a missing folder/file or unknown model_type fails before any write
         self.lossless = self.temperature == 0  # type: ignore[misc]  # instance value shadows the ClassVar
         self.supports_batch = self.temperature == 0  # type: ignore[misc]  # the batched path is greedy only
         self._draft_model: Any = None

@@ -82,6 +82,7 @@ class BatchEngine(ModelPlacement):
         self.on_prefill_done = on_prefill_done
         self.compact_slack = compact_slack
         self.forwards = 0
+        self._cache_keyword = kv_cache.cache_keyword(model)  # read once: "cache" or "past_key_values"
         self.reset()
 
     # -- properties ------------------------------------------------------------------
@@ -93,6 +94,10 @@ class BatchEngine(ModelPlacement):
     def width(self) -> int:
         """Columns currently in the cache (valid entries and holes)."""
         return int(self.valid.shape[1])
+
+    def _cache_kwarg(self) -> dict[str, object]:
+        """``{keyword: cache}`` for a forward call, under the name this transformers expects."""
+        return {self._cache_keyword: self._cache}
 
     # -- lifecycle -------------------------------------------------------------------
     def reset(self) -> None:
@@ -148,7 +153,7 @@ class BatchEngine(ModelPlacement):
             input_ids=ids,
             position_ids=positions,
             attention_mask=self._mask(real),
-            past_key_values=self._cache,
+            **self._cache_kwarg(),
             use_cache=True,
             **kwargs,
         )

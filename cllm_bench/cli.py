@@ -156,15 +156,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         decs.add_row(name, params, "yes" if cls.lossless else "no", "yes" if cls.supports_batch else "no", cls.description)
     console.print(decs)
     tasks = Table(title="tasks")
-    for col in ("name", "needs --allow-code-execution", "what"):
+    for col in ("name", "needs --allow-code-execution", "--task-args", "what"):
         tasks.add_column(col)
     for name in TASKS.names():
         try:
             cls = TASKS.get(name)
         except (UserError, ImportError) as exc:
-            tasks.add_row(name, "", f"[red]unavailable: {exc}[/]")
+            tasks.add_row(name, "", "", f"[red]unavailable: {exc}[/]")
             continue
-        tasks.add_row(name, "yes" if cls.requires_execution else "no", cls.description)
+        args = ", ".join(f"{k} ({a.describe()})" for k, a in (getattr(cls, "accepted_args", {}) or {}).items())
+        tasks.add_row(name, "yes" if cls.requires_execution else "no", args or "-", cls.description)
     console.print(tasks)
     return 0
 

@@ -46,8 +46,33 @@ def read_config(path: str | Path, allowed: set[str]) -> dict[str, Any]:
             raise UserError(f"config file {p}: unknown key {key!r}; valid keys: {', '.join(sorted(allowed))}")
         if name in LIST_KEYS and isinstance(value, str):
             value = [v.strip() for v in value.split(";" if name == "decoders" else ",") if v.strip()]
-        out[name] = value
+        out[name] = typed_value(name, value, f"config file {p}: {key}")
     return out
+
+
+def typed_value(name: str, value: Any, where: str) -> Any:
+    """``value`` checked against the type of RunConfig field ``name`` (TOML gives any type);
+    a ``task_args`` table's scalars become strings, as ``--task-args`` gives them."""
+    from cllm_bench.run_checks import BOOL_FIELDS, INT_BOUNDS, LIST_FIELDS
+
+    if name in INT_BOUNDS:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        expected = "an integer, e.g. 20"
+    elif name in LIST_FIELDS:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        expected = 'a list of strings, e.g. ["ar", "jacobi:n=16"]'
+    elif name in BOOL_FIELDS:
+        ok, expected = isinstance(value, bool), "true or false"
+    elif name == "task_args":
+        ok = isinstance(value, dict) and all(isinstance(v, (str, int, float, bool)) for v in value.values())
+        expected = 'a table of values, e.g. { split = "dev" }'
+        if ok:
+            value = {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in value.items()}
+    else:
+        ok, expected = isinstance(value, str), 'a string, e.g. "auto"'
+    if not ok:
+        raise UserError(f"{where} must be {expected}, got {value!r}")
+    return value
 
 
 def run_config_fields() -> set[str]:

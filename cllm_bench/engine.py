@@ -43,6 +43,7 @@ class Engine(ModelPlacement):
         self.on_prefill_done = on_prefill_done
         self.forwards = 0
         self._cache = None
+        self._cache_keyword = kv_cache.cache_keyword(model)  # read once: "cache" or "past_key_values"
         self.reset()
 
     # -- properties ------------------------------------------------------------------
@@ -55,6 +56,10 @@ class Engine(ModelPlacement):
     def cache(self):
         """The live cache object (for decoders that run a second model view, e.g. tests)."""
         return self._cache
+
+    def _cache_kwarg(self) -> dict[str, object]:
+        """``{keyword: cache}`` for a forward call, under the name this transformers expects."""
+        return {self._cache_keyword: self._cache}
 
     # -- lifecycle -------------------------------------------------------------------
     def reset(self) -> None:
@@ -82,7 +87,7 @@ class Engine(ModelPlacement):
         """Run the prompt into a fresh cache. Returns logits of the last position, shape [V]."""
         self.reset()
         ids = self.prompt_tensor(prompt_ids)
-        out = self.model(input_ids=ids, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=ids, **self._cache_kwarg(), use_cache=True, logits_to_keep=1)
         return self._prefill_done(out.logits)
 
     def _prefill_done(self, logits: torch.Tensor) -> torch.Tensor:
@@ -116,7 +121,7 @@ class Engine(ModelPlacement):
             input_ids=ids,
             position_ids=positions,
             attention_mask=mask,
-            past_key_values=self._cache,
+            **self._cache_kwarg(),
             use_cache=True,
             output_hidden_states=output_hidden,
         )

@@ -7,12 +7,34 @@ these functions, and ``tests/test_kv_cache.py`` pins their behaviour.
 
 Layout assumed (all transformers 5.x): ``cache.layers[i].keys`` / ``.values`` tensors of
 shape [batch, kv_heads, seq, head_dim].
+
+The forward keyword for the cache was renamed: ``past_key_values`` until 5.2x, ``cache``
+since (the old name warns "deprecated, removed in 5.40"). :func:`cache_keyword` reads the
+name off the model's ``forward`` signature once, when an engine is built; the engines then
+pass ``**{keyword: cache}``, so no forward ever goes through the deprecated name.
 """
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 import torch
 from transformers import DynamicCache, PretrainedConfig
+
+#: forward keyword of the KV cache, newest first
+CACHE_KEYWORDS = ("cache", "past_key_values")
+
+
+def cache_keyword(model: Any) -> str:
+    """The keyword ``model.forward`` takes its KV cache under: ``"cache"`` when the signature
+    names it (transformers >= 5.2x), else ``"past_key_values"`` (older 5.x releases).
+
+    Read once per engine (not per call). A forward that names neither (``**kwargs`` only,
+    e.g. remote code) gets ``past_key_values``, which every release still maps.
+    """
+    params = inspect.signature(model.forward).parameters
+    return next((name for name in CACHE_KEYWORDS if name in params), "past_key_values")
 
 
 def new_dynamic_cache(config: PretrainedConfig) -> DynamicCache:

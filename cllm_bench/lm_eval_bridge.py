@@ -46,7 +46,7 @@ try:
 except ImportError as _err:  # pragma: no cover - exercised in a subprocess test
     raise UserError(f"{MISSING_LM_EVAL} ({_err})") from None
 
-from cllm_bench.tasks.base import Sample, Task, TaskOptions
+from cllm_bench.tasks.base import Sample, Task, TaskArg, TaskOptions
 
 log = logging.getLogger(__name__)
 
@@ -383,6 +383,11 @@ class LMEvalTask(Task):
 
     requires_execution = False
     default_max_new_tokens = 256
+    accepted_args = {
+        "include_path": TaskArg("text", "folders of task YAMLs (:-separated)"), "include_defaults": TaskArg("bool"),
+        "num_fewshot": TaskArg("integer"), "fewshot_seed": TaskArg("integer"), "fewshot_as_multiturn": TaskArg("bool"),
+        "system_instruction": TaskArg("text"),
+    }  # fmt: skip
 
     def __init__(self, name: str, lm_task: Any, options: TaskOptions | None = None) -> None:
         super().__init__(options)

@@ -85,7 +85,7 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         return torch.device(device)
     except RuntimeError:
-        raise UserError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from None
+        raise UserError(f"--device {device!r} is not a device; use cpu, cuda, cuda:N or auto") from None
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -172,6 +172,41 @@ def resolve_source(spec: str) -> tuple[str, Path | None]:
             f"model {spec!r} is neither a known alias ({', '.join(ALIASES)}), a folder, nor a .gguf file; check the path"
         )
     return "hub", None
+
+
+def check_model_spec(spec: str) -> tuple[str, Path | None]:
+    """:func:`resolve_source` plus what can be checked without loading: a non-empty spec, and
+    for a local folder a ``config.json`` that is a JSON object whose ``model_type`` the
+    installed transformers knows. Returns (kind, local path); raises :class:`UserError`."""
+    import json
+
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError(f"empty model spec {spec!r}; give an alias ({', '.join(ALIASES)}), a folder, a .gguf file "
+                        f"or a hub id")  # fmt: skip
+    kind, path = resolve_source(spec)
+    if kind == "local":
+        assert path is not None
+        config_path = path / "config.json"
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserError(f"{config_path} is not a readable JSON file ({exc}); fix or re-save the model") from None
+        model_type = config.get("model_type") if isinstance(config, dict) else None
+        if not isinstance(model_type, str) or model_type not in known_model_types():
+            import transformers
+
+            raise UserError(
+                f"{config_path}: model_type {model_type!r} is unknown to transformers {transformers.__version__}; "
+                f"fix config.json's model_type (e.g. \"llama\") or install a transformers that knows it"
+            )
+    return kind, path
+
+
+def known_model_types() -> frozenset[str]:
+    """Every ``model_type`` the installed transformers can build a config for."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return frozenset(CONFIG_MAPPING_NAMES)
 
 
 def _installable_path(spec: str) -> Path | None:

@@ -40,6 +40,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from cllm_bench.errors import UserError
+from cllm_bench.run_folder import check_output_path
 
 SUMMARY_FILE = "summary.json"
 SAMPLES_FILE = "samples.jsonl"
@@ -117,12 +118,25 @@ def _rerun_hint() -> str:
     return "re-run `cllm-bench run` with the same arguments (it resumes) or pass a finished run folder"
 
 
+class NonFiniteNumber(ValueError):
+    """``NaN``/``Infinity`` in a summary file (Python's json reads them; no table can show them)."""
+
+
+def _refuse_non_finite(token: str) -> Any:
+    raise NonFiniteNumber(token)
+
+
 def load_summary(path: Path) -> dict[str, Any]:
     """Read and validate ``summary.json``; raise :class:`UserError` naming the file."""
     if not path.is_file():
         raise UserError(f"{path} is missing; the run did not finish writing its results: {_rerun_hint()}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_refuse_non_finite)
+    except NonFiniteNumber as exc:
+        raise UserError(
+            f"{path} holds {exc} where a number belongs; a summary holds finite numbers or null "
+            f"(fix or remove that value): {_rerun_hint()}"
+        ) from None
     except UnicodeDecodeError as exc:
         raise UserError(f"{path} is not UTF-8 text ({exc.reason}); the file is corrupt: {_rerun_hint()}") from exc
     except json.JSONDecodeError as exc:
@@ -265,6 +279,8 @@ FLAG_LEGEND: dict[str, str] = {
     "FEW-REPEATS": f"fewer than {MIN_REPEATS} timed repeats: the tokens/s spread is not measured",
     "SKIPPED": "some samples were skipped (reasons in the notes under the table)",
     "NO-AR": "no ar cell on the same model and task in this run, so no speedup",
+    "BUSY": "timed while the machine was busy (other processes' CPU/GPU, load, or repeats spread > 1.5x): "
+    "tokens/s and speedup are unreliable",
 }
 
 
@@ -285,6 +301,9 @@ def cell_flags(record: Mapping[str, Any]) -> list[Flag]:
         flags.append(Flag("SKIPPED", ", ".join(f"{k}: {v}" for k, v in skipped.items())))
     if record.get("speedup") is None:
         flags.append(Flag("NO-AR", "speedup unknown"))
+    health = record.get("timing_health")
+    if isinstance(health, dict) and health.get("ok") is False:
+        flags.append(Flag("BUSY", "; ".join(str(p) for p in health.get("problems") or []) or "busy machine"))
     return flags
 
 
@@ -571,6 +590,10 @@ def provenance_items(run: Run) -> tuple[tuple[str, str], ...]:
         ("max_new_tokens / limit", f"{fmt_value(p.get('max_new_tokens'))} / {fmt_value(p.get('limit'))}"),
         ("finished", {True: "yes", False: "NO (partial run)"}.get(p.get("complete"), fmt_value(p.get("complete")))),
     ]
+    health = p.get("timing_health")
+    if isinstance(health, dict):
+        problems = health.get("problems") or []
+        items.append(("timing health", "quiet machine" if not problems else "BUSY: " + "; ".join(map(str, problems))))
     return tuple(items)
 
 
@@ -1295,6 +1318,7 @@ def run_report(run_dirs: list[Path], output_dir: Path | None, formats: list[str]
     output = Path(output_dir) if output_dir is not None else paths[0] / "report"
     if output.exists() and not output.is_dir():
         raise UserError(f"output {output} exists and is not a folder; pass --output with a folder path")
+    check_output_path(output, "--output")
     reference = load_references()
     cells = [c for r in runs for c in cells_of(r)]
     plots = make_plots(cells, banner=synthetic_banner(runs)) if ("md" in chosen or "html" in chosen) else []
@@ -1302,7 +1326,10 @@ def run_report(run_dirs: list[Path], output_dir: Path | None, formats: list[str]
 
     doc = build_document(runs, plots, reference, load_spec_bench_reference())
     print_terminal(console, doc)
-    written = write_outputs(doc, runs, plots, output, chosen)
+    try:
+        written = write_outputs(doc, runs, plots, output, chosen)
+    except OSError as exc:
+        raise UserError(f"cannot write the report to --output {output}: {exc.strerror or exc}; pass a writable folder") from None
     console.print()
     console.print(f"Report written to {output}/ ({', '.join(p.name for p in written)})", markup=False, highlight=False)
     return output

@@ -34,6 +34,31 @@ def replace_atomically(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
+def check_writable_file(path: Path, flag: str) -> None:
+    """Raise :class:`UserError` unless ``path`` can be written as a file: not a folder, and its
+    folder (or the nearest existing one above it, where it will be created) writable. Reads only."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file path, e.g. {path / 'scores.json'}")
+    base = next((p for p in path.parents if p.exists()), Path("."))
+    if not base.is_dir():
+        raise UserError(f"{flag} {path}: {base} is a file, so {path} cannot be created; pass another path")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: {base} is not writable by this user; pass a writable path")
+
+
+def write_json_file(path: Path, data: Any, flag: str) -> None:
+    """:func:`write_json_atomic` to a user-named ``path``; an ``OSError`` (read-only file
+    system, no space) becomes a :class:`UserError` naming ``flag``. Fully finite numbers only
+    (``allow_nan=False``): a NaN would make the file unreadable as strict JSON."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_atomically(path, json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
+    except OSError as exc:
+        raise UserError(f"cannot write {flag} {path}: {exc.strerror or exc}; pass a writable path") from None
+    except ValueError as exc:
+        raise UserError(f"cannot write {path}: {exc} (a NaN or infinite value in the results)") from None
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_atomically(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
@@ -48,11 +73,12 @@ def read_json(path: Path, what: str) -> Any:
         raise UserError(f"{what} {path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
 
 
-def read_jsonl_repairing(path: Path) -> list[dict[str, Any]]:
+def read_jsonl_repairing(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """All complete records of ``path``. Every record is written as one ``line + "\\n"``, so
     text after the last newline is a partial write from a crash: it is cut off the file.
-    A corrupt complete line is an error naming the line."""
-    records = read_complete_jsonl(path)
+    A corrupt complete line, or one that is not a record (see :func:`read_complete_jsonl`),
+    is an error naming the line."""
+    records = read_complete_jsonl(path, required)
     if path.exists():
         size = path.stat().st_size
         complete = path.read_bytes().rfind(b"\n") + 1
@@ -62,19 +88,28 @@ def read_jsonl_repairing(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def read_complete_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_complete_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """Like :func:`read_jsonl_repairing` but read-only: a partial last line is ignored, not cut
-    (for logs another process owns)."""
+    (for logs another process owns). Every line must be a JSON object holding the
+    ``required`` keys; any other line is a :class:`UserError` naming file and line."""
     if not path.exists():
         return []
     raw = path.read_bytes()
     out = []
+    fix = "delete that line (or the run folder) and rerun"
     for number, line in enumerate(raw[: raw.rfind(b"\n") + 1].split(b"\n")[:-1], start=1):
         if line.strip():
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise UserError(f"{path} line {number} is corrupt; delete that line (or the run folder) and rerun") from None
+                record = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                raise UserError(f"{path} line {number} is corrupt; {fix}") from None
+            if not isinstance(record, dict):
+                kind = {list: "an array", str: "a string", bool: "a boolean"}.get(type(record), "a number or null")
+                raise UserError(f"{path} line {number} is valid JSON but not a record ({kind}, not an object); {fix}")
+            missing = [key for key in required if key not in record]
+            if missing:
+                raise UserError(f"{path} line {number} is not a sample record (no {', '.join(missing)}); {fix}")
+            out.append(record)
     return out
 
 

@@ -7,9 +7,17 @@ Measurement discipline:
   * ``warmup`` generations per (model, decoder) are run and discarded before timing;
   * each sample is generated ``repeats`` times with the device synchronised around the
     timed region; the median is reported and the per-repeat spread kept;
-  * TTFT (prefill) is timed apart from decoding.
+  * TTFT (prefill) is timed apart from decoding;
+  * the machine is watched before and during timed work (:mod:`cllm_bench.timing_health`:
+    other processes' CPU, load, idle GPU use, repeat spread); what it sees goes into each
+    sample record, each cell (``timing_health``) and the provenance, and is warned about once.
 
-Result files (under ``output_path``): ``run_config.json`` (the arguments; a rerun with
+Before anything is written, everything a user can get wrong is checked (values, device,
+config-file types, model specs, decoder paths, ``--task-args`` keys, the run folder); the
+run folder is then locked (:class:`~cllm_bench.run_folder.RunFolderLock`) until the run ends.
+
+Result files (under ``output_path``): ``.cllm-bench.lock`` (the lock a running run holds;
+its pid inside), ``run_config.json`` (the arguments; a rerun with
 other arguments into the same folder is refused), ``samples.jsonl`` (one line per
 model x decoder x task x sample, appended durably — the resume log), ``summary.json``
 (one record per model x decoder x task + provenance, rewritten atomically).
@@ -17,6 +25,7 @@ model x decoder x task x sample, appended durably — the resume log), ``summary
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -37,7 +46,7 @@ from cllm_bench.by_category import category_results
 from cllm_bench.decoders.base import Decoder, build_decoder
 from cllm_bench.engine import Engine
 from cllm_bench.errors import UserError
-from cllm_bench.models import DEFAULT_MODEL, LoadedModel, load_model, resolve_source
+from cllm_bench.models import DEFAULT_MODEL, LoadedModel, check_model_spec, load_model
 from cllm_bench.provenance import now_iso, provenance, sandbox_provenance
 from cllm_bench.registry import TASKS
 from cllm_bench.distributed import ProcessGroup
@@ -49,9 +58,16 @@ from cllm_bench.results_io import (
     write_json_atomic,
     write_jsonl_atomic,
 )
+from cllm_bench.run_checks import check_task_args, check_values
+from cllm_bench.run_folder import LOCK_FILE, RunFolderLock, check_output_path
 from cllm_bench.tasks.base import Sample, Task, TaskOptions
 from cllm_bench.timing import Stopwatch
+from cllm_bench.timing_health import HealthMonitor, cell_health
 from cllm_bench.trace import Trace, check_trace
+
+#: keys every samples.jsonl line must hold to be resumed from (else an error names the line)
+RECORD_KEYS = ("model", "decoder", "task", "sample_id", "output_ids", "completions", "generated_tokens",
+               "decode_s", "decode_s_repeats", "score")  # fmt: skip
 
 SUMMARY_KEYS = (
     "model", "decoder", "task", "n_samples", "accuracy", "tokens_per_s", "speedup", "tokens_per_forward",
@@ -133,22 +149,34 @@ def resolve_output_dir(config: RunConfig, results_root: Path = Path("results")) 
     return results_root / f"{stamp}-{config.short_name()}"
 
 
-def claim_output_dir(out: Path, config: RunConfig) -> None:
-    """Refuse a folder that holds a run with other arguments; record ours otherwise."""
+def check_run_folder(out: Path, config: RunConfig) -> bool:
+    """Read-only: raise :class:`UserError` unless ``out`` is usable for this run — absent, an
+    empty folder (a lock file aside), or a run folder with the same arguments (resume).
+    Returns True when ``out`` already holds this run's ``run_config.json``."""
+    check_output_path(out)
     cfg_path = out / "run_config.json"
     if cfg_path.exists():
         saved = read_json(cfg_path, "run config")
-        if saved.get("identity_hash") != config.identity_hash():
-            theirs = saved.get("config", {})
+        if not isinstance(saved, dict) or saved.get("identity_hash") != config.identity_hash():
+            theirs = saved.get("config", {}) if isinstance(saved, dict) else {}
+            theirs = theirs if isinstance(theirs, dict) else {}
             diff = sorted(k for k, v in config.identity().items() if theirs.get(k) != v)
             raise UserError(
                 f"{out} holds a run with different arguments ({', '.join(diff) or 'unknown'} differ); "
                 f"pass another --output-path or rerun with the same arguments to resume"
             )
-        return
-    if out.exists() and any(out.iterdir()):
+        return True
+    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
         raise UserError(f"{out} exists and is not a cllm-bench run folder; pass another --output-path")
-    write_json_atomic(cfg_path, {"identity_hash": config.identity_hash(), "config": asdict(config), "finished": False})
+    return False
+
+
+def claim_output_dir(out: Path, config: RunConfig) -> None:
+    """Refuse a folder that holds a run with other arguments; record ours otherwise
+    (call it holding the folder's :class:`~cllm_bench.run_folder.RunFolderLock`)."""
+    if not check_run_folder(out, config):
+        write_json_atomic(out / "run_config.json",
+                          {"identity_hash": config.identity_hash(), "config": asdict(config), "finished": False})  # fmt: skip
 
 
 # ------------------------------------------------------------------------- per sample
@@ -298,6 +326,7 @@ def cell_summary(records: list[dict[str, Any]], task: Task, decoder: Decoder, ar
         "repeats": n_rep,
         "lossless": decoder.lossless,
         "skipped": dict(getattr(task, "skipped", {}) or {}),
+        "timing_health": cell_health(records),
     }  # fmt: skip
     out.update(acceptance_summary(_merged_acceptance(records)))
     if exclude_degenerate and jac:
@@ -373,15 +402,17 @@ def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("r
     shard of each task's samples and process 0 merges the logs and writes the summary.
     """
     group = ProcessGroup.from_env()
-    # validate everything a user can get wrong before anything is written
+    # validate everything a user can get wrong before anything is written (run_checks.py)
+    check_values(config)
     decoders = decoder_order(config.decoders)
+    for spec in config.models + ([config.judge] if config.judge else []):
+        check_model_spec(spec)
     tasks = {name: build_task(name, config) for name in config.tasks}
+    check_task_args(config.task_args, tasks)
     task_samples = {name: task.samples(config.limit) for name, task in tasks.items()}
     for name, samples in task_samples.items():
         if not samples:
             raise UserError(f"task {name} produced no samples (check --data-dir and --limit)")
-    for spec in config.models + ([config.judge] if config.judge else []):
-        resolve_source(spec)
     judge = Judge(config.judge, config) if config.judge else None
     executes = config.allow_code_execution and any(task.requires_execution for task in tasks.values())
     # warns once (process 0) or refuses (every process) when there is no OS-level sandbox
@@ -389,16 +420,29 @@ def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("r
     if group.world > 1 and not config.output_path:
         raise UserError("several processes need one run folder: pass --output-path")
     out = resolve_output_dir(config, results_root)
+    check_run_folder(out, config)
+    # the first write: the folder and its lock (held by process 0 until the run ends)
+    lock = RunFolderLock(out) if group.is_main else None
+    with lock if lock is not None else contextlib.nullcontext():
+        return _run_locked(config, console, group, out, decoders, tasks, task_samples, judge, sandbox)
+
+
+def _run_locked(config: RunConfig, console: Console, group: ProcessGroup, out: Path, decoders: list[Decoder],
+                tasks: dict[str, Task], task_samples: dict[str, list[Sample]], judge: Judge | None,
+                sandbox: dict[str, Any]) -> Path:  # fmt: skip
+    """:func:`run_matrix` after validation, holding the run folder's lock (process 0);
+    ``sandbox``: the isolation record for the provenance."""
     if group.is_main:
         claim_output_dir(out, config)
-        done = read_jsonl_repairing(out / "samples.jsonl")
+        done = read_jsonl_repairing(out / "samples.jsonl", RECORD_KEYS)
     group.barrier()
     if not group.is_main:
-        claim_output_dir(out, config)  # the folder exists now: only checks the arguments
-        done = read_complete_jsonl(out / "samples.jsonl")
+        check_run_folder(out, config)  # the folder exists now: only checks the arguments
+        done = read_complete_jsonl(out / "samples.jsonl", RECORD_KEYS)
     log_path = out / ("samples.jsonl" if group.world == 1 else f"samples.rank{group.rank}.jsonl")
-    done += [r for p in sorted(out.glob("samples.rank*.jsonl")) if p != log_path for r in read_complete_jsonl(p)]
-    done += read_jsonl_repairing(log_path) if group.world > 1 else []
+    done += [r for p in sorted(out.glob("samples.rank*.jsonl")) if p != log_path
+             for r in read_complete_jsonl(p, RECORD_KEYS)]  # fmt: skip
+    done += read_jsonl_repairing(log_path, RECORD_KEYS) if group.world > 1 else []
     if done and group.is_main:
         console.print(f"[yellow]resuming[/] {out}: {len(done)} finished samples kept")
     index = {(r["model"], r["decoder"], r["task"], r["sample_id"]): r for r in done}
@@ -407,6 +451,7 @@ def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("r
     memory: dict[tuple[str, str, str], float | None] = {}
     device = None
     progress_console = console if group.is_main else Console(quiet=True)
+    health = HealthMonitor()
     with JsonlAppender(log_path) as log, _progress(progress_console) as progress:
         for model_spec in config.models:
             console.print(f"loading model [bold]{model_spec}[/] ...")
@@ -415,16 +460,19 @@ def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("r
             for decoder in decoders:  # a head or draft that does not fit fails before any cell
                 decoder.validate_target(loaded)
             engine = EngineFor(loaded.model, config)  # shared by all cells: compiled graphs are reused
+            health.before_timing()
+            warn_timing_health(health, progress_console)
             for task_name, task in tasks.items():
                 shard = group.shard(task_samples[task_name])
                 max_new = config.max_new_tokens or task.default_max_new_tokens
                 for decoder in decoders:
                     _run_cell(loaded, task, task_name, shard, decoder, max_new, config, index, log, progress, engine,
-                              judge)  # fmt: skip
+                              judge, health)  # fmt: skip
                     memory[(model_spec, decoder.label, task_name)] = peak_memory_mb(loaded.device)
                     if group.world == 1:  # a live summary while a single process runs
                         results = summarize(config, decoders, tasks, task_samples, index, memory)
-                        write_json_atomic(out / "summary.json", _summary_doc(config, device, start, results, False, sandbox))
+                        write_json_atomic(out / "summary.json",
+                                          _summary_doc(config, device, start, results, False, health, sandbox))  # fmt: skip
             del loaded, engine
     assert device is not None
     group.barrier()
@@ -432,7 +480,7 @@ def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("r
         if group.world > 1:
             index = merge_rank_logs(out, config, decoders, task_samples)
         results = summarize(config, decoders, tasks, task_samples, index, memory)
-        write_json_atomic(out / "summary.json", _summary_doc(config, device, start, results, True, sandbox))
+        write_json_atomic(out / "summary.json", _summary_doc(config, device, start, results, True, health, sandbox))
         cfg = read_json(out / "run_config.json", "run config")
         cfg["finished"] = True
         write_json_atomic(out / "run_config.json", cfg)
@@ -477,10 +525,10 @@ def summarize(config: RunConfig, decoders: list[Decoder], tasks: dict[str, Task]
 def merge_rank_logs(out: Path, config: RunConfig, decoders: list[Decoder], task_samples: dict) -> dict:
     """Process 0: fold every ``samples.rank<R>.jsonl`` into ``samples.jsonl`` (single-process
     order, written atomically), then remove the rank logs."""
-    records = read_complete_jsonl(out / "samples.jsonl")
+    records = read_complete_jsonl(out / "samples.jsonl", RECORD_KEYS)
     rank_logs = sorted(out.glob("samples.rank*.jsonl"))
     for path in rank_logs:
-        records += read_complete_jsonl(path)
+        records += read_complete_jsonl(path, RECORD_KEYS)
     index = {(r["model"], r["decoder"], r["task"], r["sample_id"]): r for r in records}
     merged = [index[k] for k in ordered_keys(config, decoders, task_samples) if k in index]
     write_jsonl_atomic(out / "samples.jsonl", merged)
@@ -490,13 +538,20 @@ def merge_rank_logs(out: Path, config: RunConfig, decoders: list[Decoder], task_
 
 
 def _summary_doc(config: RunConfig, device: torch.device, start: str, results: list[dict], final: bool,
-                 sandbox: dict[str, Any]) -> dict:  # fmt: skip
+                 health: HealthMonitor, sandbox: dict[str, Any]) -> dict:  # fmt: skip
     prov = provenance(device, config.dtype, config.seed, {
         "start_time": start, "end_time": now_iso() if final else None, "complete": final,
         "repeats": config.repeats, "warmup": config.warmup, "max_new_tokens": config.max_new_tokens,
-        "limit": config.limit, "config": asdict(config), "sandbox": sandbox,
+        "limit": config.limit, "config": asdict(config), "timing_health": health.summary(results), "sandbox": sandbox,
     })  # fmt: skip
     return {"provenance": prov, "results": results}
+
+
+def warn_timing_health(health: HealthMonitor, console: Console) -> None:
+    """Print the busy-machine warning the first time the monitor has one (once per run)."""
+    message = health.take_warning()
+    if message is not None:
+        console.print(f"[bold yellow]warning:[/] {message}", soft_wrap=True)
 
 
 def _progress(console: Console) -> Progress:
@@ -536,9 +591,12 @@ class EngineFor:
 def _run_cell(
     loaded: LoadedModel, task: Task, task_name: str, samples: list[Sample], decoder: Decoder, max_new: int,
     config: RunConfig, index: dict, log: JsonlAppender, progress: Progress, engine: EngineFor,
-    judge: Judge | None = None,
+    judge: Judge | None = None, health: HealthMonitor | None = None,
 ) -> list[dict[str, Any]]:
-    """All samples of one model x task x decoder: warm-up, timed repeats, scoring, logging."""
+    """All samples of one model x task x decoder: warm-up, timed repeats, scoring, logging.
+
+    ``health`` watches the machine around each timed sample; its reading goes into the
+    sample record's ``timing_health`` (and a busy machine is warned about once)."""
     model = loaded.spec
     decoder.prepare(loaded)
     tok = loaded.tokenizer
@@ -562,6 +620,7 @@ def _run_cell(
             prompts.append(ids)
             gens.append(gen)
             completions.append(tok.decode(gen.trace.tokens, skip_special_tokens=True))
+        sample_health = health.after_sample() if health is not None else None
         if judge is not None and hasattr(task, "score_with_judge"):
             score = task.score_with_judge(sample, completions, judge, task.judge_config(judge.spec))
         else:
@@ -570,6 +629,9 @@ def _run_cell(
         rec = sample_record(model, decoder, task_name, sample, prompts, gens, completions, score, ar_rec, log_prompts)
         if decoder.registered_name == "ar":
             rec["match_ar"], rec["first_divergence"] = True, None
+        if sample_health is not None:
+            rec["timing_health"] = sample_health
+            warn_timing_health(health, progress.console)
         log.append(rec)
         index[(model, decoder.label, task_name, sample.id)] = rec
         progress.advance(bar)

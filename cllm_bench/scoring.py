@@ -35,7 +35,7 @@ from rich.table import Table
 from cllm_bench.errors import UserError
 from cllm_bench.provenance import now_iso, sandbox_provenance
 from cllm_bench.registry import TASKS
-from cllm_bench.results_io import read_json, write_json_atomic
+from cllm_bench.results_io import check_writable_file, read_json, write_json_file
 from cllm_bench.tasks.base import Sample, Task, TaskOptions
 
 LM_EVAL_PREFIX = "lm_eval:"
@@ -172,6 +172,8 @@ def score_predictions(
     ``require_isolation`` refuses to run it without OS isolation).
     """
     predictions = Path(predictions)
+    out = Path(output) if output is not None else default_scores_path(predictions)
+    check_writable_file(out, "--output" if output is not None else "scores file")  # before any scoring
     preds = read_predictions(predictions)
     task = build_task(task_name, options)
     known = samples_by_id(task, task_name)
@@ -195,8 +197,7 @@ def score_predictions(
         "metrics": task.aggregate(scores),
         "samples": [{"id": p.id, "score": s} for p, s in zip(preds, scores)],
     }
-    out = Path(output) if output is not None else default_scores_path(predictions)
-    write_json_atomic(out, doc)
+    write_json_file(out, doc, "--output" if output is not None else "scores file")
     console.print(metrics_table(f"{task_name}: {len(preds)} of {len(known)} samples scored", doc["metrics"]))
     console.print(f"scores: {out}")
     return doc
@@ -259,13 +260,13 @@ def rescore_run(run_dir: Path, options: TaskOptions, console: Console, *, requir
     metrics = rescore_cells(cells, task_options, samples_path)
     results = merged_results(summary["results"], metrics, cells, console)
     out = rescored_path(run_dir)
-    write_json_atomic(out, {
+    write_json_file(out, {
         "provenance": summary.get("provenance", {}),
         "rescored_at": now_iso(),
         "rescore": {"source": summary_path.name, "samples": samples_path.name, "options": options_record(task_options),
                     "sandbox": sandbox},
         "results": results,
-    })  # fmt: skip
+    }, "rescored summary")  # fmt: skip
     console.print(rescore_table(summary["results"], results, run_dir))  # the caller names the new file
     return out
 

@@ -112,7 +112,7 @@ class StaticBatchEngine(BatchEngine):
     def _forward_logits(self, ids: torch.Tensor, positions: torch.Tensor, real: torch.Tensor, valid: torch.Tensor,
                         width: torch.Tensor) -> torch.Tensor:  # fmt: skip
         out = self.model(input_ids=ids, position_ids=positions, attention_mask=self._static_mask(real, valid, width),
-                         past_key_values=self._cache, use_cache=True)  # fmt: skip
+                         **self._cache_kwarg(), use_cache=True)  # fmt: skip
         return out.logits
 
     # -- forwards --------------------------------------------------------------------
@@ -128,7 +128,7 @@ class StaticBatchEngine(BatchEngine):
         positions = (self._columns[:width][None] - (width - real.sum(dim=1, keepdim=True))).clamp(min=0)
         mask = self._static_mask(real, self.valid, self._width_t)
         out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask,
-                         past_key_values=self._cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+                         **self._cache_kwarg(), use_cache=True, logits_to_keep=1)  # fmt: skip
         self._commit_block(real, positions, width, cache_in_sync=True)
         if self.on_prefill_done is not None:
             self.on_prefill_done()

@@ -145,7 +145,7 @@ class StaticEngine(Engine):
         self, ids: torch.Tensor, positions: torch.Tensor, block: torch.Tensor, length: torch.Tensor
     ) -> torch.Tensor:
         out = self.model(input_ids=ids, position_ids=positions, attention_mask=self._mask(block, length),
-                         past_key_values=self._cache, use_cache=True)  # fmt: skip
+                         **self._cache_kwarg(), use_cache=True)  # fmt: skip
         return out.logits
 
     # -- forwards --------------------------------------------------------------------
@@ -158,7 +158,7 @@ class StaticEngine(Engine):
         positions = torch.arange(t, device=self.device).unsqueeze(0)
         mask = self._mask(self._causal_block(t), self._length_t)
         out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask,
-                         past_key_values=self._cache, use_cache=True, logits_to_keep=1)  # fmt: skip
+                         **self._cache_kwarg(), use_cache=True, logits_to_keep=1)  # fmt: skip
         self._set_length(t, cache_in_sync=True)
         return self._prefill_done(out.logits)
 
@@ -180,7 +180,7 @@ class StaticEngine(Engine):
         block = self._causal_block(k) if tree_mask is None else tree_mask.to(self.device, torch.bool)
         if output_hidden:  # rare path (Medusa): eager, exact width
             out = self.model(input_ids=ids, position_ids=positions, attention_mask=self._mask(block, self._length_t),
-                             past_key_values=self._cache, use_cache=True, output_hidden_states=True)  # fmt: skip
+                             **self._cache_kwarg(), use_cache=True, output_hidden_states=True)  # fmt: skip
             self.forwards += 1
             self._set_length(start + k, cache_in_sync=True)
             return out.logits, out.hidden_states[-1]

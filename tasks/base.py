@@ -44,6 +44,42 @@ class TaskOptions:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class TaskArg:
+    """One ``--task-args`` key a task reads: its value kind, checked before a run starts.
+
+    kind: ``"positive"`` (a number > 0), ``"integer"``, ``"bool"`` (true/false/1/0/yes/no),
+    ``"text"`` (anything), or a tuple of the allowed strings.
+    """
+
+    kind: str | tuple[str, ...]
+    help: str = ""
+
+    def describe(self) -> str:
+        what = "/".join(self.kind) if isinstance(self.kind, tuple) else self.kind
+        return f"{what}: {self.help}" if self.help else what
+
+    def problem(self, value: str) -> str | None:
+        """Why ``value`` is unacceptable (None when it is fine)."""
+        if isinstance(self.kind, tuple):
+            return None if value in self.kind else f"must be one of: {', '.join(self.kind)}"
+        if self.kind == "positive":
+            try:
+                ok = float(value) > 0
+            except ValueError:
+                ok = False
+            return None if ok else "must be a positive number"
+        if self.kind == "integer":
+            try:
+                int(value)
+            except ValueError:
+                return "must be an integer"
+            return None
+        if self.kind == "bool":
+            return None if value.lower() in ("1", "0", "true", "false", "yes", "no") else "must be true or false"
+        return None
+
+
 class Task(ABC):
     """Base class of every task. Subclasses are registered with ``@register_task(name)``.
 
@@ -62,6 +98,9 @@ class Task(ABC):
     requires_execution: ClassVar[bool] = False
     #: default generation budget when the user gives none
     default_max_new_tokens: ClassVar[int] = 256
+    #: the ``--task-args`` keys this task reads and what each takes. A key that no task of a
+    #: run accepts, or a value its task would refuse, is refused before anything is written.
+    accepted_args: ClassVar[dict[str, "TaskArg"]] = {}
 
     def __init__(self, options: TaskOptions | None = None) -> None:
         self.options = options or TaskOptions()

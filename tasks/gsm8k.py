@@ -30,7 +30,7 @@ from typing import Any
 
 from cllm_bench.errors import DataError
 from cllm_bench.registry import register_task
-from cllm_bench.tasks.base import Sample, Task, encode_chat, encode_raw
+from cllm_bench.tasks.base import Sample, Task, TaskArg, encode_chat, encode_raw
 from cllm_bench.tasks.data_files import choice_option, cut_at_first, data_file, read_jsonl
 
 PROMPT_STYLES = ("zeroshot", "8shot", "abel")
@@ -204,6 +204,7 @@ class GSM8K(Task):
     description = "GSM8K: 1319 math word problems, exact match of the final number (strict and flexible)"
     requires_execution = False
     default_max_new_tokens = 256
+    accepted_args = {"split": TaskArg(SPLITS), "prompt": TaskArg(PROMPT_STYLES)}
 
     def samples(self, limit: int | None = None) -> list[Sample]:
         split = choice_option(self.options.extra, "split", "test", SPLITS, "gsm8k")

@@ -27,7 +27,7 @@ from typing import Any
 from cllm_bench.errors import DataError
 from cllm_bench.registry import register_task
 from cllm_bench.sandbox import ExecutionResult, run_python_many
-from cllm_bench.tasks.base import Sample, Task, encode_chat, encode_raw
+from cllm_bench.tasks.base import Sample, Task, TaskArg, encode_chat, encode_raw
 from cllm_bench.tasks.data_files import cut_at_first, fenced_blocks, float_option, read_jsonl
 
 #: where a raw (base-model) continuation of the function body ends
@@ -147,6 +147,8 @@ class HumanEval(Task):
     description = "HumanEval: 164 Python functions, pass@1 by running unit tests (needs --allow-code-execution)"
     requires_execution = True
     default_max_new_tokens = 512
+    accepted_args = {"timeout_s": TaskArg("positive", "sandbox time limit per sample (s)"),
+                     "memory_mb": TaskArg("positive", "sandbox memory limit (MB)")}  # fmt: skip
 
     def samples(self, limit: int | None = None) -> list[Sample]:
         path = _problems_file(self.options.data_dir)

@@ -31,7 +31,7 @@ from typing import Any
 from cllm_bench.categories import MT_BENCH_CATEGORIES, SPEC_BENCH_GROUPS, spec_bench_group
 from cllm_bench.errors import DataError, UserError
 from cllm_bench.registry import register_task
-from cllm_bench.tasks.base import Sample
+from cllm_bench.tasks.base import Sample, TaskArg
 from cllm_bench.tasks.data_files import data_file, read_jsonl
 from cllm_bench.tasks.mt_bench import MultiTurnChat
 
@@ -109,6 +109,8 @@ class SpecBench(MultiTurnChat):
     description = "Spec-Bench: 480 questions in 6 kinds of work (13 categories), speed only; per-category speedups"
     requires_execution = False
     default_max_new_tokens = 1024  # Spec-Bench's --max-new-tokens default
+    accepted_args = {"categories": TaskArg("text", "categories or groups, comma list"),
+                     "per_category": TaskArg("integer", "questions per category group (>= 1)")}  # fmt: skip
 
     def samples(self, limit: int | None = None) -> list[Sample]:
         unknown = sorted(set(self.options.extra) - set(TASK_ARGS))

@@ -56,7 +56,7 @@ from sqlglot import exp
 from cllm_bench.errors import DataError
 from cllm_bench.registry import register_task
 from cllm_bench.sql_sandbox import QueryError, readonly_uri, run_queries
-from cllm_bench.tasks.base import Sample, Task, TaskOptions, encode_chat, encode_raw
+from cllm_bench.tasks.base import Sample, Task, TaskArg, TaskOptions, encode_chat, encode_raw
 from cllm_bench.tasks.data_files import (
     choice_option,
     data_file,
@@ -446,6 +446,12 @@ class Spider(Task):
     description = "Spider dev: text-to-SQL on SQLite, execution accuracy (needs --allow-code-execution) + exact-set match"
     requires_execution = True
     default_max_new_tokens = 128
+    accepted_args = {
+        "split": TaskArg(tuple(SPLIT_FILES)),
+        "query_timeout_s": TaskArg("positive", "time limit per SQL query (s)"),
+        "keep_distinct": TaskArg(("false", "true")),
+        "schema": TaskArg(SCHEMA_SOURCES),
+    }
 
     def __init__(self, options: TaskOptions | None = None) -> None:
         super().__init__(options)

@@ -20,7 +20,8 @@ SAMPLE_KEYS = {
     "model", "decoder", "task", "sample_id", "prompt_hash", "output_text", "output_ids", "generated_tokens",
     "forwards", "accepted_per_step", "fast_forwarded", "stationary", "decode_s", "ttft_s", "score", "match_ar",
 }  # fmt: skip
-TIMING = ("tokens_per_s", "tokens_per_s_min", "tokens_per_s_max", "speedup", "ttft_s", "decode_s_total", "peak_memory_mb")
+TIMING = ("tokens_per_s", "tokens_per_s_min", "tokens_per_s_max", "speedup", "ttft_s", "decode_s_total", "peak_memory_mb",
+          "timing_health")
 
 
 def run_args(model_dir: Path, out: Path, *extra: str) -> list[str]:

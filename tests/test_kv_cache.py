@@ -64,3 +64,47 @@ def test_tree_mask_isolates_branches(llama64):
         ref = Engine(llama64)
         ref.prefill(prompt)
         assert torch.allclose(tree[:, sl], ref.forward(ref.ids_tensor(branch)), atol=1e-10)
+
+
+def test_cache_keyword_read_off_the_forward_signature(llama64):
+    import inspect
+
+    params = inspect.signature(llama64.forward).parameters
+    expected = "cache" if "cache" in params else "past_key_values"
+    assert kv_cache.cache_keyword(llama64) == expected
+
+    class OldStyle(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+            return input_ids
+
+    class KwargsOnly(torch.nn.Module):
+        def forward(self, input_ids=None, **kwargs):
+            return input_ids
+
+    assert kv_cache.cache_keyword(OldStyle()) == "past_key_values"
+    assert kv_cache.cache_keyword(KwargsOnly()) == "past_key_values"
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "static", "batch", "static_batch"])
+def test_engine_forwards_raise_no_deprecation_warning(llama64, kind):
+    """Every engine passes the cache under the name the installed transformers expects:
+    no FutureWarning/DeprecationWarning from a prefill, a block and a tree forward."""
+    import warnings
+
+    from cllm_bench.batch_engine import BatchEngine
+    from cllm_bench.static_batch_engine import StaticBatchEngine
+    from cllm_bench.static_engine import StaticEngine
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if kind in ("batch", "static_batch"):
+            engine = BatchEngine(llama64) if kind == "batch" else StaticBatchEngine(llama64, max_cache_len=64)
+            engine.prefill(prompts(2))
+            engine.forward(torch.tensor([[5, 6], [7, 8]]))
+        else:
+            engine = Engine(llama64) if kind == "dynamic" else StaticEngine(llama64, max_cache_len=64)
+            engine.prefill(prompts(1)[0])
+            engine.forward(engine.ids_tensor([5, 6, 7]))
+            engine.forward(engine.ids_tensor([5, 6]), tree_mask=torch.eye(2, dtype=torch.bool), output_hidden=True)
+    bad = [w for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
+    assert not bad, [str(w.message) for w in bad]

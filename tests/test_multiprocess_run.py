@@ -11,7 +11,8 @@ import pytest
 from cllm_bench.cli import main
 
 TIMING = {"decode_s", "decode_s_repeats", "ttft_s", "ttft_s_repeats", "tokens_per_s", "tokens_per_s_min",
-          "tokens_per_s_max", "speedup", "decode_s_total", "peak_memory_mb", "turn_decode_s", "turn_ttft_s"}  # fmt: skip
+          "tokens_per_s_max", "speedup", "decode_s_total", "peak_memory_mb", "turn_decode_s", "turn_ttft_s",
+          "timing_health"}  # fmt: skip
 
 
 def strip(records: list[dict]) -> list[dict]:

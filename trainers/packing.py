@@ -139,7 +139,8 @@ def prefill_cache(model: Any, ids: Sequence[int]) -> Any:
     if len(ids):
         device = next(model.parameters()).device
         with torch.no_grad():
-            model(input_ids=torch.tensor([list(ids)], device=device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+            model(input_ids=torch.tensor([list(ids)], device=device), **{kv_cache.cache_keyword(model): cache},
+                  use_cache=True, logits_to_keep=1)  # fmt: skip
     return cache
 
 
@@ -152,8 +153,8 @@ def packed_logits(model: Any, packed: PackedInput, cache: Any) -> torch.Tensor:
         input_ids=packed.ids.to(param.device),
         position_ids=packed.positions.to(param.device),
         attention_mask=mask,
-        past_key_values=cache,
         use_cache=True,
+        **{kv_cache.cache_keyword(model): cache},  # the name the installed transformers expects
     )
     return out.logits[0]
 
