@@ -184,6 +184,8 @@ def add_report_parser(sub: Any) -> None:
     p.add_argument("run_dirs", nargs="+", help="run folders (holding summary.json)")
     p.add_argument("--output", help="output folder (default RUN_DIR/report)")
     p.add_argument("--format", default="md,html,csv", help="comma list of md, html, csv")
+    p.add_argument("--curves", action="append", default=[], metavar="MANIFEST",
+                   help="a `train cllm --eval-every` manifest.json: add its learning curves (repeatable)")
     p.set_defaults(func=cmd_report)
 
 
@@ -192,7 +194,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     console = _console()
     run_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
-               split_list(args.format), console)  # fmt: skip  (run_report prints where it wrote)
+               split_list(args.format), console, [Path(c) for c in args.curves])  # fmt: skip  (prints where it wrote)
     return 0
 
 

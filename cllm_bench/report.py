@@ -29,7 +29,7 @@ import io
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence, Union
@@ -433,7 +433,7 @@ def load_reference(path: Path = REFERENCE_JSON) -> dict[str, Any] | None:
 
 def load_references(main: Path = REFERENCE_JSON) -> dict[str, Any] | None:
     """``main`` (cllm_paper.json) with the entries of every other ``*.json`` beside it appended
-    (e.g. ``spec_bench_eagle.json``), in file-name order; None when ``main`` is absent."""
+    (e.g. ``spec_bench_leaderboard.json``), in file-name order; None when ``main`` is absent."""
     reference = load_reference(main)
     if reference is None:
         return None
@@ -1300,8 +1300,12 @@ def write_outputs(
     return written
 
 
-def run_report(run_dirs: list[Path], output_dir: Path | None, formats: list[str], console: Console) -> Path:
+def run_report(run_dirs: list[Path], output_dir: Path | None, formats: list[str], console: Console,
+               curves: Sequence[Path] = ()) -> Path:  # fmt: skip
     """Build the report of one or more run folders; return the output folder.
+
+    ``curves``: training manifests whose learning curves get a section and a plot
+    (:mod:`cllm_bench.report_curves`); read before anything is written.
 
     The first run folder is the baseline of any comparison; the default output folder is
     its ``report/`` subfolder. Raises :class:`UserError` for a missing run folder, a
@@ -1319,12 +1323,19 @@ def run_report(run_dirs: list[Path], output_dir: Path | None, formats: list[str]
     if output.exists() and not output.is_dir():
         raise UserError(f"output {output} exists and is not a folder; pass --output with a folder path")
     check_output_path(output, "--output")
+    from cllm_bench.report_curves import curves_section, load_curve
+
+    loaded_curves = [load_curve(Path(c)) for c in curves]
     reference = load_references()
     cells = [c for r in runs for c in cells_of(r)]
     plots = make_plots(cells, banner=synthetic_banner(runs)) if ("md" in chosen or "html" in chosen) else []
     from cllm_bench.report_speed import load_spec_bench_reference
 
     doc = build_document(runs, plots, reference, load_spec_bench_reference())
+    if loaded_curves:
+        section, curve_plot = curves_section(loaded_curves, synthetic_banner(runs))
+        doc = replace(doc, sections=doc.sections + (section,))
+        plots = list(plots) + [curve_plot]
     print_terminal(console, doc)
     try:
         written = write_outputs(doc, runs, plots, output, chosen)

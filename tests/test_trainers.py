@@ -28,7 +28,7 @@ from cllm_bench.engine import Engine
 from cllm_bench.errors import UserError
 from cllm_bench.models import load_model
 from cllm_bench.trainers import cli, cllm, common, draft, trajectories
-from conftest import prompts, tiny_llama
+from conftest import prompts, tiny_llama, tiny_qwen2
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<user>", "<asst>", "<unk>"]
 CHAT_TEMPLATE = (
@@ -506,3 +506,89 @@ def test_smollm2_gsm8k_pipeline(tmp_path):
     prompt = recs[0]["prompt_ids"][: recs[0]["prompt_len"]]
     ar = decode(loaded.model, "ar", prompt, 16, loaded.eos_ids)
     assert decode(loaded.model, "jacobi:n=16", prompt, 16, loaded.eos_ids).tokens == ar.tokens
+
+
+# --------------------------------------------------------------------------- packed path (issue 16)
+@pytest.mark.parametrize("make", [tiny_llama, tiny_qwen2], ids=["llama", "qwen2"])
+def test_packed_forward_equals_separate_forwards(make):
+    """AR segment + state segments of several blocks in one forward over the cached prompt:
+    every logit equals that of the segment's own full forward (float64)."""
+    from cllm_bench.trainers.packing import StateSegment, pack, packed_logits, prefill_cache
+
+    model = make(seed=3)
+    prompt = prompts(1, seed=2)[0]
+    g = torch.Generator().manual_seed(0)
+    answer = torch.randint(3, 90, (13,), generator=g).tolist()
+    segs = [StateSegment(a, tuple(torch.randint(3, 90, (m,), generator=g).tolist())) for a, m in ((0, 5), (5, 5), (10, 3))]
+    packed = pack(prompt, answer, segs, cache_len=len(prompt) - 1, with_ar=True)
+    logits = packed_logits(model, packed, prefill_cache(model, prompt[:-1]))
+    L = len(prompt)
+    full = model(torch.tensor([prompt + answer])).logits[0]
+    torch.testing.assert_close(logits[packed.ar_index], full[L - 1 : L - 1 + len(answer)], rtol=0, atol=1e-12)
+    for seg, index in zip(segs, packed.seg_index):
+        ref = model(torch.tensor([prompt + answer[: seg.start] + list(seg.state)])).logits[0]
+        torch.testing.assert_close(logits[index], ref[L - 1 + seg.start : L - 1 + seg.start + len(seg.state)], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [tiny_llama, tiny_qwen2], ids=["llama", "qwen2"])
+@pytest.mark.parametrize("n,budget", [(4, 20), (5, 17), (16, 40)])
+def test_packed_trajectories_equal_the_jacobi_decoders(make, n, budget):
+    """All blocks iterated together from y* visit exactly the decoder's states (float64)."""
+    from cllm_bench.trainers.packing import jacobi_trajectories
+
+    model = make(seed=3)
+    engine = Engine(model)
+    for i, prompt in enumerate(prompts(3, seed=1)):
+        col = trajectories.collect_one(engine, prompt, n, budget, frozenset({EOS}), seed=i, init="random")
+        packed = jacobi_trajectories(model, prompt, col.answer, n, seed=i, max_new_tokens=budget)
+        assert packed == [b.states for b in col.blocks]
+
+
+def test_packed_collector_and_noised_states(work, target, traj):
+    """--collector packed writes the decoder collector's records; --states noised keeps the
+    fixed points and the correct prefixes."""
+    packed = work / "traj_packed"
+    train("trajectories", "--model", target, "--prompts", work / "corpus.jsonl", "--n", "8", "--max-new-tokens", "40",
+          "--limit", "80", "--out", packed, "--no-filter-repetitive", "--collector", "packed", "--batch-size", "8")
+    assert records(packed) == records(traj)
+    m = manifest(packed)
+    assert m["collector"] == "packed-jacobi-ar-batch8" and m["vocab_size"] == 96 and m["model_fingerprint"]
+    noised = work / "traj_noised"
+    train("trajectories", "--model", target, "--prompts", work / "corpus.jsonl", "--n", "8", "--max-new-tokens", "40",
+          "--limit", "4", "--out", noised, "--no-filter-repetitive", "--collector", "packed", "--states", "noised",
+          "--noised-per-block", "3")
+    for rec in records(noised):
+        fixed = rec["fixed_point"]
+        assert rec["states"][-1] == fixed and len(rec["states"]) == (4 if len(fixed) > 1 else 1)
+        for state in rec["states"][:-1]:
+            assert len(state) == len(fixed) and state[0] == fixed[0]
+
+
+def test_packed_training_curves_and_resume(work, target, traj):
+    """--eval-every writes curve points (step 0 included) that survive a resume; the loss
+    terms and the throughput are in the manifest."""
+    out = work / "cllm_curves"
+    common_args = ("cllm", "--model", target, "--trajectories", traj, "--out", out, "--lr", "1e-3", "--eval-every", "2",
+                   "--eval-limit", "2", "--eval-max-new-tokens", "16", "--save-every", "2")
+    train(*common_args, "--max-steps", "2", "--keep-state")
+    first = manifest(out)
+    assert [p["update"] for p in first["curve"]] == [0, 2]
+    train(*common_args, "--max-steps", "4")
+    m = manifest(out)
+    assert m["updates"] == 4 and [p["update"] for p in m["curve"]] == [0, 2, 4]
+    assert m["curve"][:2] == first["curve"]  # resumed, not redone
+    point = m["curve"][-1]
+    assert point["train"]["prompts"] == 2 and point["train"]["tokens_per_forward"] > 1
+    assert point["train_consistency_loss"] is not None and point["train_ar_loss"] is not None
+    assert len(m["loss_terms"]["consistency"]) == 4 and m["throughput"]["consistency_positions_per_s"] > 0
+    assert m["packed"] and m["states_per_block"] == 4
+
+
+def test_trajectories_of_another_model_are_refused(work, traj):
+    other = work / "other_vocab"
+    if not other.exists():
+        tiny_llama(seed=5, dtype=torch.float32, vocab=128).save_pretrained(other)
+        tiny_tokenizer().save_pretrained(other)
+    with pytest.raises(UserError, match="collect them again"):
+        train("cllm", "--model", other, "--trajectories", traj, "--out", work / "cllm_other", "--max-steps", "1")
+    assert not (work / "cllm_other" / "model.safetensors").exists()
