@@ -380,3 +380,32 @@ def test_reference_json_holds_only_the_sourced_numbers():
         assert e["hardware"] == "not stated"
         assert e["tokens_per_s_read_off_plot"] is True and e["speedup_read_off_plot"] is False
         assert "REFERENCE_IMPLEMENTATIONS.md §" in e["source"]
+
+
+# ------------------------------------------------------------------ learning curves (issue 16)
+def _curve_manifest(path: Path, points: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"kind": "cllm", "curve": points, "curve_settings": {
+        "eval_prompts": "spider", "eval_split": "dev", "eval_limit": 6, "eval_n": 16, "eval_max_new_tokens": 48}}))
+    return path
+
+
+def test_learning_curves_section_and_plot(runs, tmp_path):
+    point = lambda u, h, t: {"update": u, "heldout": {"tokens_per_forward": h, "match_base": 1.0},  # noqa: E731
+                             "train": {"tokens_per_forward": t}, "train_consistency_loss": 3.0 - u / 100,
+                             "train_ar_loss": 1.0 if u else None}
+    manifest = _curve_manifest(tmp_path / "cllm" / "manifest.json", [point(0, 1.05, 1.07), point(100, 1.31, 1.52)])
+    out = run_report([runs[0]], tmp_path / "out", ["md"], _console(), [manifest])
+    md = (out / "report.md").read_text()
+    section = md.split("## Learning curves", 1)[1]
+    assert "| 100 | 1.310 | 1.520 |" in section and "| 0 | 1.050 | 1.070 |" in section
+    assert "spider/dev" in section and (out / "learning_curves.png").stat().st_size > 1000
+
+
+def test_curves_without_a_curve_are_refused_before_writing(runs, tmp_path):
+    bare = tmp_path / "m" / "manifest.json"
+    bare.parent.mkdir()
+    bare.write_text(json.dumps({"kind": "cllm"}))
+    with pytest.raises(UserError, match="--eval-every"):
+        run_report([runs[0]], tmp_path / "out2", ["md"], _console(), [bare])
+    assert not (tmp_path / "out2").exists()
