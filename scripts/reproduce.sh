@@ -12,6 +12,8 @@
 # DRAFT_LAYERS decoder layers of the base kept for the distilled draft's initialisation (6).
 # (the CPU defaults are the committed results/reproduce-gsm8k run: about 1 h 40 min on 2 cores)
 # WORK (runs/reproduce-gsm8k: checkpoints, never committed), RESULTS (results/reproduce-gsm8k).
+# BUDGET_S=540: budget mode (trajectories -> train cllm -> run -> report only), sizes planned by
+# `cllm-bench train plan` from throughput probed on this device so the whole pipeline fits.
 set -euo pipefail
 TASK=${TASK:-gsm8k}
 MODEL=${1:-smollm2-135m}
@@ -25,6 +27,37 @@ else
 fi
 N=${N:-16}
 DRAFT_LAYERS=${DRAFT_LAYERS:-6}
+if [ -n "${BUDGET_S:-}" ]; then
+  # budget mode: trajectories -> train cllm -> run -> report only, sized from throughput probed
+  # on this device (cllm-bench train plan; see docs/training.md "A reproduction in a time budget")
+  mkdir -p "$WORK" "$RESULTS"
+  PLAN_T0=$SECONDS
+  eval "$(cllm-bench train plan --model "$MODEL" --prompts "$TASK" --data-dir "$DATA" --budget-s "$BUDGET_S" \
+    --n "$N" --max-new-tokens "$MAX_NEW" --decoders 2 ${MAX_TRAIN:+--max-train "$MAX_TRAIN"} \
+    --out "$RESULTS/plan.json" | tail -n 1)"
+  PLAN_S=$((SECONDS - PLAN_T0))
+  EXEC=(); [ "$TASK" != "gsm8k" ] && EXEC=(--allow-code-execution)
+  LOG="$RESULTS/commands.md"
+  {
+    echo "# Reproduction in a budget ($TASK): ${BUDGET_S}s; plan: N_TRAIN=$N_TRAIN N_EVAL=$N_EVAL EPOCHS=$EPOCHS predicted ${PREDICTED_S}s (plan.json)"
+    echo
+    echo "| step | command | wall time (s) |"
+    echo "| --- | --- | ---: |"
+    echo "| plan | \`cllm-bench train plan ... --budget-s $BUDGET_S\` | $PLAN_S |"
+  } > "$LOG"
+  bstep() { local name=$1; shift; local t0=$SECONDS; echo ">>> $name: $*"; "$@"; echo "| $name | \`$*\` | $((SECONDS - t0)) |" >> "$LOG"; }
+  bstep trajectories cllm-bench train trajectories --model "$MODEL" --prompts "$TASK" --data-dir "$DATA" --n "$N" \
+    --max-new-tokens "$MAX_NEW" --limit "$N_TRAIN" --batch-size "$BATCH" --collector packed --out "$WORK/traj"
+  bstep cllm cllm-bench train cllm --model "$MODEL" --trajectories "$WORK/traj" --out "$WORK/cllm" --lr "$CLLM_LR" \
+    --epochs "$EPOCHS" --label-smoothing 0 --save-every 0
+  bstep run cllm-bench run --models "$MODEL,$WORK/cllm" --output-path "$WORK/run" "${EXEC[@]}" --tasks "$TASK" \
+    --data-dir "$DATA" --limit "$N_EVAL" --max-new-tokens "$MAX_NEW" --repeats 1 --warmup 1 --decoders "ar;jacobi:n=$N"
+  bstep report cllm-bench report "$WORK/run" --output "$RESULTS"
+  cp "$WORK/run/summary.json" "$RESULTS/summary.json"
+  for m in traj cllm; do cp "$WORK/$m/manifest.json" "$RESULTS/manifest-$m.json"; done
+  echo "finished $(date -u +%FT%TZ); total $SECONDS s" >> "$LOG"
+  exit 0
+fi
 mkdir -p "$WORK" "$RESULTS"
 LOG="$RESULTS/commands.md"
 {
@@ -53,7 +86,7 @@ CPU_FLAG=(); [ "$GPU" = "0" ] && CPU_FLAG=(--cpu)
 step trajectories cllm-bench train trajectories --model "$MODEL" --prompts "$TASK" --data-dir "$DATA" \
   --n "$N" --max-new-tokens "$MAX_NEW" --limit "$N_TRAIN" --batch-size "$BATCH" --out "$WORK/traj" "${CPU_FLAG[@]}"
 step cllm cllm-bench train cllm --model "$MODEL" --trajectories "$WORK/traj" --out "$WORK/cllm" \
-  --lr "$CLLM_LR" --use-gt-labels "${STEPS_FLAG[@]}" "${CPU_FLAG[@]}"
+  --lr "$CLLM_LR" "${STEPS_FLAG[@]}" "${CPU_FLAG[@]}"
 step medusa cllm-bench train medusa --model "$MODEL" --data "$WORK/traj" --heads 4 --out "$WORK/medusa" \
   "${CPU_FLAG[@]}"
 step draft cllm-bench train draft --model "$MODEL" --draft-init self:layers=$DRAFT_LAYERS --data "$WORK/traj" \

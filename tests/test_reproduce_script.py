@@ -41,3 +41,41 @@ def test_reproduce_gsm8k_script_runs_end_to_end(tiny_model_dir, tmp_path):
     assert {row["decoder"] for row in cllm_rows} >= {"ar", "cllm:n=4", "cllm:n=4,lookahead=true", "jacobi:n=4"}
     assert all(row["match_ar"] == 1.0 for row in base["results"] + cllm_rows)  # float32: lossless decoders match
     assert max(p.stat().st_size for p in results.iterdir()) < 2_000_000  # small files only, no checkpoints
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "gsm8k").is_dir(), reason="needs ../shared/data/gsm8k")
+def test_budget_mode_plans_from_probed_throughput_and_runs(tiny_model_dir, tmp_path):
+    """BUDGET_S: `train plan` probes this device, sizes the pipeline, and the four stages run
+    with the planned sizes (CPU, tiny model: the plan logic, not a GPU timing)."""
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        BUDGET_S="120", MAX_TRAIN="6", MAX_NEW="6", N="4", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
+        DATA=str(SHARED_DATA), WORK=str(tmp_path / "work"), RESULTS=str(tmp_path / "results"),
+    )  # fmt: skip
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "reproduce_gsm8k.sh"), str(tiny_model_dir)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = tmp_path / "results"
+    plan = json.loads((results / "plan.json").read_text())
+    assert plan["n_train"] == 6 and plan["n_eval"] >= 10 and plan["budget_s"] == 120
+    assert plan["predicted_s"]["total"] <= 120 and all(v > 0 for v in plan["rates"].values())
+    log = (results / "commands.md").read_text()
+    for step in ("plan", "trajectories", "cllm", "run", "report"):
+        assert f"| {step} |" in log
+    assert json.loads((results / "manifest-traj.json").read_text())["prompts"] == 6
+    rows = json.loads((results / "summary.json").read_text())["results"]
+    assert {r["decoder"] for r in rows} == {"ar", "jacobi:n=4"} and all(r["n_samples"] == plan["n_eval"] for r in rows)
+
+
+def test_plan_sizes_fit_the_budget():
+    from cllm_bench.errors import UserError
+    from cllm_bench.trainers.budget import Rates, plan_sizes
+
+    rates = Rates(traj_s_per_prompt=0.5, train_s_per_update=0.25, eval_s_per_question=2.0, load_s=5.0)
+    plan = plan_sizes(rates, 540, epochs=2, eval_share=0.25, safety=0.15, stages=4, min_eval=10)
+    usable = 540 * 0.85 - 20
+    assert plan.n_eval == int(usable * 0.25 // 2.0) and plan.n_train == int((usable - plan.n_eval * 2.0) // 1.0)
+    assert plan.predicted_s["total"] <= 540 * 0.85
+    with pytest.raises(UserError, match="does not fit"):
+        plan_sizes(rates, 30)

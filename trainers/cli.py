@@ -21,6 +21,7 @@ from cllm_bench.errors import UserError
 #: sub-command -> module whose ``run(args, console)`` implements it
 TRAINERS = {
     "trajectories": "cllm_bench.trainers.trajectories",
+    "plan": "cllm_bench.trainers.budget",
     "cllm": "cllm_bench.trainers.cllm",
     "medusa": "cllm_bench.trainers.medusa",
     "eagle": "cllm_bench.trainers.eagle",
@@ -177,9 +178,32 @@ def add_sft(sub: Any) -> None:
     p.set_defaults(train_entry="sft")
 
 
+def add_plan(sub: Any) -> None:
+    p = sub.add_parser("plan", help="size trajectories -> train cllm -> run to a time budget, from probed throughput")
+    p.add_argument("--model", required=True, help="target model spec")
+    p.add_argument("--prompts", required=True, help="task whose train split gives the prompts (gsm8k, spider)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--prompt-style", choices=("auto", "chat", "raw"), default="auto")
+    p.add_argument("--budget-s", type=float, default=540.0, help="wall-clock budget of the whole pipeline (default 540)")
+    p.add_argument("--n", type=_positive_int, default=16)
+    p.add_argument("--max-new-tokens", type=_positive_int, default=256)
+    p.add_argument("--decoders", type=_positive_int, default=4, help="decoders the evaluation runs per question")
+    p.add_argument("--epochs", type=_positive_int, default=1)
+    p.add_argument("--eval-share", type=float, default=0.25, help="share of the usable budget for evaluation")
+    p.add_argument("--safety", type=float, default=0.15, help="share of the budget kept free")
+    p.add_argument("--min-eval", type=_positive_int, default=10)
+    p.add_argument("--max-train", type=_positive_int, default=None)
+    p.add_argument("--probe-prompts", type=int, default=4)
+    p.add_argument("--probe-steps", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--out", required=True, help="plan JSON")
+    p.set_defaults(train_entry="plan")
+
+
 def add_train_subcommands(subparsers: Any) -> None:
     """Add ``trajectories``, ``cllm``, ``medusa``, ``eagle``, ``draft`` and ``sft`` to ``subparsers``."""
-    for add in (add_trajectories, add_cllm, add_medusa, add_eagle, add_draft, add_sft):
+    for add in (add_plan, add_trajectories, add_cllm, add_medusa, add_eagle, add_draft, add_sft):
         add(subparsers)
 
 
