@@ -186,6 +186,8 @@ def add_report_parser(sub: Any) -> None:
     p.add_argument("--format", default="md,html,csv", help="comma list of md, html, csv")
     p.add_argument("--curves", action="append", default=[], metavar="MANIFEST",
                    help="a `train cllm --eval-every` manifest.json: add its learning curves (repeatable)")
+    p.add_argument("--cost-table", action="append", default=[], metavar="T.json",
+                   help="add predicted speed on the cost table's device next to the measured one (repeatable)")
     p.set_defaults(func=cmd_report)
 
 
@@ -194,7 +196,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     console = _console()
     run_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
-               split_list(args.format), console, [Path(c) for c in args.curves])  # fmt: skip  (prints where it wrote)
+               split_list(args.format), console, [Path(c) for c in args.curves],
+               [Path(t) for t in args.cost_table])  # fmt: skip  (prints where it wrote)
     return 0
 
 
@@ -372,6 +375,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_check_decoder_parser(sub)
     add_train_parser(sub)
     add_models_parser(sub)
+    from cllm_bench.predict_cli import add_predict_parsers
+
+    add_predict_parsers(sub)
     for name in ("run", "list", "report", "bench", "score", "check-decoder"):
         add_include(sub.choices[name])
     return parser

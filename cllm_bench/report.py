@@ -1301,11 +1301,12 @@ def write_outputs(
 
 
 def run_report(run_dirs: list[Path], output_dir: Path | None, formats: list[str], console: Console,
-               curves: Sequence[Path] = ()) -> Path:  # fmt: skip
+               curves: Sequence[Path] = (), cost_tables: Sequence[Path] = ()) -> Path:  # fmt: skip
     """Build the report of one or more run folders; return the output folder.
 
     ``curves``: training manifests whose learning curves get a section and a plot
-    (:mod:`cllm_bench.report_curves`); read before anything is written.
+    (:mod:`cllm_bench.report_curves`); read before anything is written. ``cost_tables``:
+    a "Predicted speed" section per table (:mod:`cllm_bench.predict`).
 
     The first run folder is the baseline of any comparison; the default output folder is
     its ``report/`` subfolder. Raises :class:`UserError` for a missing run folder, a
@@ -1336,6 +1337,10 @@ def run_report(run_dirs: list[Path], output_dir: Path | None, formats: list[str]
         section, curve_plot = curves_section(loaded_curves, synthetic_banner(runs))
         doc = replace(doc, sections=doc.sections + (section,))
         plots = list(plots) + [curve_plot]
+    if cost_tables:  # predicted speed next to the measured one (cllm_bench.predict)
+        from cllm_bench.predict import predict_section
+
+        doc = replace(doc, sections=doc.sections + (predict_section(paths, cost_tables),))
     print_terminal(console, doc)
     try:
         written = write_outputs(doc, runs, plots, output, chosen)

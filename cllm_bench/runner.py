@@ -46,6 +46,7 @@ from cllm_bench.by_category import category_results
 from cllm_bench.decoders.base import Decoder, build_decoder
 from cllm_bench.engine import Engine
 from cllm_bench.errors import UserError
+from cllm_bench.forward_trace import forward_trace
 from cllm_bench.models import DEFAULT_MODEL, LoadedModel, check_model_spec, load_model
 from cllm_bench.provenance import now_iso, provenance, sandbox_provenance
 from cllm_bench.registry import TASKS
@@ -627,6 +628,7 @@ def _run_cell(
             score = task.score(sample, completions)
         log_prompts = [tok.decode(p) for p in prompts] if config.log_samples else None
         rec = sample_record(model, decoder, task_name, sample, prompts, gens, completions, score, ar_rec, log_prompts)
+        rec["forward_trace"] = forward_trace([g.trace for g in gens], decoder, loaded.model)  # for `predict`
         if decoder.registered_name == "ar":
             rec["match_ar"], rec["first_divergence"] = True, None
         if sample_health is not None:

@@ -1,0 +1,243 @@
+"""``cllm-bench profile``: measure a cost table (:mod:`cllm_bench.cost_table`) on this device.
+
+For the target model (and each ``--draft`` model) on the engine ``cllm-bench run`` would use
+here (dynamic eager on CPU, static + compiled on CUDA, unless told otherwise):
+
+* one forward of ``w`` tokens against a cache of ``c`` positions, for every width x context
+  x batch size: prefill ``c`` dummy tokens, then per repeat ``calls`` forwards, each timed
+  alone between two device synchronisations and rolled back (rollback not timed); the
+  repeat's value is the mean over its calls, the table keeps the median over repeats and
+  the spread (max - min);
+* the same with a tree attention mask (batch 1, widths >= 2; the mask of a binary tree:
+  token i sees its ancestors, parent (i - 1) // 2) — the shape lookahead/Medusa/EAGLE verify;
+* the host overhead of a decode step of our loop: ``ar`` decodes ``overhead_tokens`` tokens
+  after a prompt of ``contexts[0]`` tokens (EOS ignored), decode time (prefill apart, as the
+  runner times it) / decode steps, minus the table's 1-token forward at the mean context.
+
+Timings on a busy machine are void: run it alone (see docs/predict.md).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from cllm_bench.cost_table import CostTable, Grid, ModelCosts
+from cllm_bench.errors import UserError
+from cllm_bench.forward_trace import model_identity
+from cllm_bench.timing import Stopwatch, synchronize
+
+DEFAULT_WIDTHS = (1, 2, 4, 8, 16, 32, 64, 128)
+DEFAULT_CONTEXTS = (32, 128, 512)
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """What to measure. Every tuple is strictly increasing and positive (:meth:`check`)."""
+
+    widths: tuple[int, ...] = DEFAULT_WIDTHS
+    contexts: tuple[int, ...] = DEFAULT_CONTEXTS
+    batch_sizes: tuple[int, ...] = (1,)
+    repeats: int = 3
+    calls: int = 5
+    warmup: int = 2
+    tree: bool = True
+    overhead_tokens: int = 32
+    engine: str = "auto"
+    compile: str = "auto"
+
+    def check(self) -> None:
+        for name in ("widths", "contexts", "batch_sizes"):
+            values = getattr(self, name)
+            if not values or any(v < 1 for v in values):
+                raise UserError(f"--{name.replace('_', '-')} must be a comma list of integers >= 1, got {list(values)}")
+        for name in ("repeats", "calls", "overhead_tokens"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise UserError(f"--warmup must be >= 0, got {self.warmup}")
+
+    @property
+    def capacity(self) -> int:
+        """KV positions an engine needs: the longest context, the widest block, the ar loop."""
+        return max(max(self.contexts) + max(self.widths), self.contexts[0] + self.overhead_tokens + 1) + 512
+
+
+def binary_tree_mask(width: int) -> torch.Tensor:
+    """[width, width] bool: token i attends to itself and its ancestors (parent (i - 1) // 2)."""
+    mask = torch.zeros(width, width, dtype=torch.bool)
+    for i in range(width):
+        j = i
+        while True:
+            mask[i, j] = True
+            if j == 0:
+                break
+            j = (j - 1) // 2
+    return mask
+
+
+def dummy_ids(n: int, vocab: int) -> list[int]:
+    """``n`` token ids cycling over the vocabulary (ids 3.. to stay off special tokens)."""
+    span = max(vocab - 3, 1)
+    return [3 + (i * 7919) % span for i in range(n)]
+
+
+def _time_calls(run: Callable[[], None], undo: Callable[[], None], device: torch.device, settings: ProfileSettings) -> list[float]:
+    """ms per call of ``run`` for each repeat (mean over ``calls``), after ``warmup`` calls."""
+    for _ in range(settings.warmup):
+        run()
+        undo()
+    per_repeat = []
+    for _ in range(settings.repeats):
+        total = 0.0
+        for _ in range(settings.calls):
+            synchronize(device)
+            t0 = time.perf_counter()
+            run()
+            synchronize(device)
+            total += time.perf_counter() - t0
+            undo()
+        per_repeat.append(total * 1000 / settings.calls)
+    return per_repeat
+
+
+def _median_spread(values: Sequence[float]) -> tuple[float, float]:
+    return statistics.median(values), max(values) - min(values)
+
+
+def measure_grid(engine: Any, vocab: int, batch: int, tree: bool, widths: Sequence[int], settings: ProfileSettings,
+                 device: torch.device) -> Grid:  # fmt: skip
+    """One :class:`Grid` on ``engine`` (an :class:`~cllm_bench.engine.Engine`-like engine at
+    batch 1, a batched engine otherwise)."""
+    ms, spread = [], []
+    for context in settings.contexts:
+        row, row_spread = [], []
+        if batch == 1:
+            engine.prefill(dummy_ids(context, vocab))
+            base = engine.length
+        else:
+            engine.prefill([dummy_ids(context, vocab)] * batch)
+            base_lengths = engine.lengths.clone()
+        for width in widths:
+            if batch == 1:
+                ids = engine.ids_tensor(dummy_ids(width, vocab))
+                mask = binary_tree_mask(width) if tree else None
+                run = lambda: engine.forward(ids, tree_mask=mask)  # noqa: E731
+                undo = lambda: engine.rollback(base)  # noqa: E731
+            else:
+                block = torch.tensor([dummy_ids(width, vocab)] * batch, dtype=torch.long, device=device)
+                run = lambda: engine.forward(block)  # noqa: E731
+                undo = lambda: engine.truncate(base_lengths)  # noqa: E731
+            with torch.inference_mode():
+                med, spr = _median_spread(_time_calls(run, undo, device, settings))
+            row.append(med)
+            row_spread.append(spr)
+        ms.append(tuple(row))
+        spread.append(tuple(row_spread))
+    return Grid(batch=batch, tree=tree, widths=tuple(widths), contexts=settings.contexts, ms=tuple(ms),
+                spread_ms=tuple(spread))  # fmt: skip
+
+
+def measure_overhead(engine: Any, vocab: int, chain: Grid, settings: ProfileSettings, device: torch.device) -> tuple[float, float]:
+    """(median, spread) in ms of host time per ``ar`` decode step beyond the bare 1-token forward."""
+    from cllm_bench.decoders.base import build_decoder
+
+    ar = build_decoder("ar")
+    prompt = dummy_ids(settings.contexts[0], vocab)
+    steps = settings.overhead_tokens
+    bare, _ = chain.cost(1, settings.contexts[0] + steps / 2)
+    watch = Stopwatch(device)
+    engine.on_prefill_done = watch.mark_prefill
+    try:
+        with torch.inference_mode():
+            for _ in range(settings.warmup):
+                ar.generate(engine, prompt, steps + 1, frozenset())
+            values = []
+            for _ in range(settings.repeats):
+                watch.start()
+                trace = ar.generate(engine, prompt, steps + 1, frozenset())
+                watch.stop()
+                decode_steps = len(trace.steps) - 1
+                values.append(watch.decode_s * 1000 / decode_steps - bare)
+    finally:
+        engine.on_prefill_done = None
+    return _median_spread(values)
+
+
+def profile_model(name: str, model: Any, engine: Any, batched: Callable[[int], Any] | None, settings: ProfileSettings,
+                  device: torch.device, log: Callable[[str], None]) -> ModelCosts:  # fmt: skip
+    """Every grid of one model plus its step overhead. ``batched(B)``: a batch-B engine
+    (None: batch 1 only, e.g. a draft model)."""
+    vocab = int(model_identity(model).get("vocab_size") or model.get_output_embeddings().weight.shape[0])
+    grids = []
+    for batch in sorted({1, *settings.batch_sizes}) if batched is not None else (1,):  # batch 1 first: the overhead needs it
+        eng = engine if batch == 1 else batched(batch)  # type: ignore[misc]
+        log(f"{name}: batch {batch}, chain widths {list(settings.widths)} x contexts {list(settings.contexts)}")
+        grids.append(measure_grid(eng, vocab, batch, False, settings.widths, settings, device))
+        tree_widths = [w for w in settings.widths if w >= 2]
+        if batch == 1 and settings.tree and tree_widths:
+            log(f"{name}: batch 1, tree-masked widths {tree_widths}")
+            grids.append(measure_grid(eng, vocab, 1, True, tree_widths, settings, device))
+    log(f"{name}: ar step overhead ({settings.overhead_tokens} tokens)")
+    overhead, spread = measure_overhead(engine, vocab, grids[0], settings, device)
+    return ModelCosts(name=name, identity=model_identity(model), step_overhead_ms=overhead, grids=tuple(grids),
+                      step_overhead_spread_ms=spread)  # fmt: skip
+
+
+def run_profile(model_spec: str, drafts: Sequence[str], settings: ProfileSettings, dtype: str, device: str,
+                log: Callable[[str], None]) -> CostTable:  # fmt: skip
+    """``cllm-bench profile``: load the model (and drafts), measure every grid, return the table.
+
+    ``drafts``: draft specs as ``speculative:draft=...`` takes them (``self:layers=K`` or a
+    model spec); each gets batch-1 chain grids and its own step overhead, keyed by the spec.
+    """
+    from cllm_bench.baselines.speculative import companion_engine, load_draft
+    from cllm_bench.bench import make_engine, resolve_engine
+    from cllm_bench.models import check_model_spec, load_model
+    from cllm_bench.provenance import provenance
+
+    settings.check()
+    check_model_spec(model_spec)
+    loaded = load_model(model_spec, dtype=dtype, device=device)
+    kind, comp = resolve_engine(settings, loaded.device)
+    engine_name = kind + ("+compile" if comp else "")
+    capacity = settings.capacity
+    pad_id = getattr(loaded.tokenizer, "pad_token_id", None) or 0
+    engine = make_engine(loaded.model, kind, comp, capacity)
+    batched = lambda b: make_engine(loaded.model, kind, comp, capacity, pad_id=pad_id, batch_size=b)  # noqa: E731
+    target = profile_model(model_spec, loaded.model, engine, batched, settings, loaded.device, log)
+    draft_costs = {}
+    for spec in drafts:
+        draft_model = load_draft(spec, loaded.model, loaded.tokenizer)
+        draft_engine = companion_engine(engine, draft_model)
+        draft_costs[spec] = profile_model(spec, draft_model, draft_engine, None, settings, loaded.device, log)
+    dtype_name = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
+    prov = provenance(loaded.device, dtype_name, 0, {"settings": {
+        "widths": list(settings.widths), "contexts": list(settings.contexts), "batch_sizes": list(settings.batch_sizes),
+        "repeats": settings.repeats, "calls": settings.calls, "warmup": settings.warmup, "tree": settings.tree,
+        "overhead_tokens": settings.overhead_tokens}, "measured": True})  # fmt: skip
+    return CostTable(device=str(loaded.device), device_name=prov["device_name"], dtype=dtype_name, engine=engine_name,
+                     target=target, drafts=draft_costs, repeats=settings.repeats, provenance=prov)  # fmt: skip
+
+
+def contexts_for_run(run_dir: Path) -> tuple[int, ...]:
+    """Three context points up to the longest ``context + width`` of any decode forward in a
+    run's ``forward_trace`` records: (max / 8, max / 2, max), at least 1, deduplicated."""
+    from cllm_bench.results_io import iter_jsonl
+
+    path = Path(run_dir) / "samples.jsonl"
+    if not path.exists():
+        raise UserError(f"{path} not found; --contexts-from takes a folder written by `cllm-bench run`")
+    longest = 0
+    for rec in iter_jsonl(path):
+        trace = rec.get("forward_trace")
+        if isinstance(trace, dict):
+            longest = max([longest] + [c + f for k, f, c in zip(trace["kinds"], trace["fed"], trace["context"]) if k != "p"])
+    if longest == 0:
+        raise UserError(f"{run_dir} has no per-forward trace data (no `forward_trace` in samples.jsonl); pass --contexts")
+    return tuple(sorted({max(1, longest // 8), max(1, longest // 2), longest}))
