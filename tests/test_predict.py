@@ -265,3 +265,23 @@ def test_run_profile_predict_end_to_end(tiny_model_dir, tmp_path, capsys):
     report = tmp_path / "report"
     assert main(["report", str(out), "--cost-table", str(table_path), "--output", str(report), "--format", "md"]) == 0
     assert "Predicted speed" in (report / "report.md").read_text()
+
+
+# ------------------------------------------------------------------ the committed derived H100 table
+def test_committed_h100_table_is_what_the_script_derives(tmp_path):
+    import importlib.util
+
+    repo = Path(__file__).resolve().parents[1]
+    committed = repo / "results" / "cost_tables" / "h100-smollm2-bf16-static-compile-derived.json"
+    spec = importlib.util.spec_from_file_location("derive_h100", repo / "scripts" / "derive_h100_cost_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.derive().write(tmp_path / "again.json")
+    assert json.loads((tmp_path / "again.json").read_text()) == json.loads(committed.read_text())
+    table = load_cost_table(committed)
+    assert table.target.identity["hidden_size"] == 576 and table.target.identity["num_hidden_layers"] == 30
+    assert table.provenance["measured"] is False and "README" in table.provenance["derived"]
+    assert table.target.step_overhead_ms == pytest.approx(0.98)
+    chain, _ = table.target.grid(1, False)
+    assert chain.cost(16, 14) == (pytest.approx(1.95), False)
+    assert chain.cost(16, 200) == (pytest.approx(1.95), True)  # one context point: held constant, flagged
