@@ -206,8 +206,7 @@ def _predict_cell(key: tuple[str, str, str], records: list[dict[str, Any]], tabl
         spec = decoder_draft(decoder)
         draft = table.drafts.get(spec) if spec else None
         if draft is None:
-            cell.note = (f"draft {spec or '(unnamed)'} not in the cost table: not predicted "
-                         f"(profile it with `cllm-bench profile --draft {spec or 'SPEC'}`)")  # fmt: skip
+            cell.note = f"not predicted: draft {spec or '(unnamed)'} not profiled (profile --draft)"
             return cell
     costs = [sample_cost(r["forward_trace"], table.target, draft) for r in records]
     cell.predicted_decode_s = [c.ms / 1000 for c in costs]
