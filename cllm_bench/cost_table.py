@@ -23,8 +23,9 @@ time a decode step of our loop adds to its forward (a full ``ar`` step minus the
 
 Interpolation (:meth:`Grid.cost`): piecewise linear in width, then linear in context, over
 the profiled points (bilinear on the grid). Outside the profiled range the nearest segment
-is extended linearly (a single profiled point: held constant) and the lookup is flagged
-``extrapolated``; costs are floored at 0.
+is extended linearly (a single profiled point: held constant; above the range never
+below the last profiled cost) and the lookup is flagged ``extrapolated``; costs are
+floored at 0.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ MATCH_FIELDS = ("hidden_size", "num_hidden_layers", "vocab_size")
 def interpolate(x: float, xs: Sequence[float], ys: Sequence[float]) -> tuple[float, bool]:
     """Piecewise-linear ``y(x)`` through the points ``(xs[i], ys[i])`` (``xs`` strictly
     increasing, len >= 1). Returns ``(y, extrapolated)``; outside ``[xs[0], xs[-1]]`` the
-    end segment is extended (one point: constant)."""
+    end segment is extended (one point: constant), and above ``xs[-1]`` never below
+    ``ys[-1]`` (a larger block or cache never costs less than the largest profiled one;
+    a falling last segment is timing noise)."""
     if len(xs) != len(ys) or not xs:
         raise ValueError("interpolate needs as many ys as xs, at least one")
     outside = x < xs[0] or x > xs[-1]
@@ -54,7 +57,8 @@ def interpolate(x: float, xs: Sequence[float], ys: Sequence[float]) -> tuple[flo
         return float(ys[0]), outside
     i = min(max(bisect.bisect_right(xs, x) - 1, 0), len(xs) - 2)
     x0, x1, y0, y1 = xs[i], xs[i + 1], ys[i], ys[i + 1]
-    return float(y0 + (y1 - y0) * (x - x0) / (x1 - x0)), outside
+    y = float(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+    return (max(y, float(ys[-1])) if x > xs[-1] else y), outside
 
 
 @dataclass(frozen=True)

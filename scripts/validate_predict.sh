@@ -7,9 +7,10 @@
 # Needs an IDLE machine: every number here is a timing (nothing else running; the run's
 # timing_health section says whether the machine stayed quiet).
 # Estimated wall time on the 2-core CPU machine (SmolLM2-135M fp32, ~45 ms per 1-token
-# forward): run ~9-11 min (7 decoders x 5 prompts x 64 tokens x 3 repeats + warm-up),
-# profile ~3-4 min (8 widths x 3 contexts, chain + tree, 3 repeats x 5 calls, plus the
-# self:layers=4 draft), predict seconds: ~15 min in all.
+# forward, ~4x that at 64 tokens): run ~12-15 min (7 decoders x 5 prompts x 64 tokens x
+# 3 repeats + 1 warm-up each; Medusa's 64-token tree forwards are the slowest cell, ~4 min),
+# profile ~3 min (8 widths x 3 contexts, chain + tree, 17 forwards per point, the ar
+# overhead loop, the self:layers=4 draft), predict seconds: ~15-20 min in all.
 #
 #   bash scripts/validate_predict.sh [OUT_DIR]     # default results/validate-predict-cpu
 set -euo pipefail

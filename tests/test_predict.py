@@ -49,6 +49,7 @@ def test_interpolate_inside_outside_and_single_point():
     assert interpolate(9, [1, 5], [10, 30]) == (50.0, True)  # end segment extended
     assert interpolate(0, [1, 5, 9], [10, 30, 30]) == (5.0, True)
     assert interpolate(7, [4], [2.5]) == (2.5, True)
+    assert interpolate(9, [1, 5], [30, 10]) == (10.0, True)  # a falling last segment is not extended down
     assert interpolate(4, [4], [2.5]) == (2.5, False)
 
 
