@@ -10,6 +10,8 @@ here (dynamic eager on CPU, static + compiled on CUDA, unless told otherwise):
   the spread (max - min);
 * the same with a tree attention mask (batch 1, widths >= 2; the mask of a binary tree:
   token i sees its ancestors, parent (i - 1) // 2) — the shape lookahead/Medusa/EAGLE verify;
+* Medusa heads (``--heads SPEC``): one call of the heads on one hidden state, as Medusa runs
+  them once per target forward;
 * the host overhead of a decode step of our loop: ``ar`` decodes ``overhead_tokens`` tokens
   after a prompt of ``contexts[0]`` tokens (EOS ignored), decode time (prefill apart, as the
   runner times it) / decode steps, minus the table's 1-token forward at the mean context.
@@ -27,7 +29,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from cllm_bench.cost_table import CostTable, Grid, ModelCosts
+from cllm_bench.cost_table import CostTable, Grid, HeadCost, ModelCosts
 from cllm_bench.errors import UserError
 from cllm_bench.forward_trace import model_identity
 from cllm_bench.timing import Stopwatch, synchronize
@@ -169,6 +171,18 @@ def measure_overhead(engine: Any, vocab: int, chain: Grid, settings: ProfileSett
     return _median_spread(values)
 
 
+def measure_heads(spec: str, model: Any, settings: ProfileSettings, device: torch.device) -> HeadCost:
+    """Time one call of the Medusa heads ``spec`` (as ``medusa:heads=`` takes it) on one hidden state."""
+    from cllm_bench.baselines.medusa import build_heads
+
+    heads = build_heads(spec, model, seed=0)
+    param = next(heads.parameters())
+    hidden = torch.randn(heads.hidden_size, dtype=param.dtype, device=param.device)
+    with torch.inference_mode():
+        med, spread = _median_spread(_time_calls(lambda: heads(hidden), lambda: None, device, settings))
+    return HeadCost(spec, med, spread)
+
+
 def profile_model(name: str, model: Any, engine: Any, batched: Callable[[int], Any] | None, settings: ProfileSettings,
                   device: torch.device, log: Callable[[str], None]) -> ModelCosts:  # fmt: skip
     """Every grid of one model plus its step overhead. ``batched(B)``: a batch-B engine
@@ -190,11 +204,12 @@ def profile_model(name: str, model: Any, engine: Any, batched: Callable[[int], A
 
 
 def run_profile(model_spec: str, drafts: Sequence[str], settings: ProfileSettings, dtype: str, device: str,
-                log: Callable[[str], None]) -> CostTable:  # fmt: skip
+                log: Callable[[str], None], heads: Sequence[str] = ()) -> CostTable:  # fmt: skip
     """``cllm-bench profile``: load the model (and drafts), measure every grid, return the table.
 
     ``drafts``: draft specs as ``speculative:draft=...`` takes them (``self:layers=K`` or a
     model spec); each gets batch-1 chain grids and its own step overhead, keyed by the spec.
+    ``heads``: Medusa head specs (``random:H`` or a folder), each timed per call.
     """
     from cllm_bench.baselines.speculative import companion_engine, load_draft
     from cllm_bench.bench import make_engine, resolve_engine
@@ -216,13 +231,18 @@ def run_profile(model_spec: str, drafts: Sequence[str], settings: ProfileSetting
         draft_model = load_draft(spec, loaded.model, loaded.tokenizer)
         draft_engine = companion_engine(engine, draft_model)
         draft_costs[spec] = profile_model(spec, draft_model, draft_engine, None, settings, loaded.device, log)
+    head_costs = {}
+    for spec in heads:
+        log(f"heads {spec}: one call")
+        head_costs[spec] = measure_heads(spec, loaded.model, settings, loaded.device)
     dtype_name = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
     prov = provenance(loaded.device, dtype_name, 0, {"settings": {
         "widths": list(settings.widths), "contexts": list(settings.contexts), "batch_sizes": list(settings.batch_sizes),
         "repeats": settings.repeats, "calls": settings.calls, "warmup": settings.warmup, "tree": settings.tree,
         "overhead_tokens": settings.overhead_tokens}, "measured": True})  # fmt: skip
     return CostTable(device=str(loaded.device), device_name=prov["device_name"], dtype=dtype_name, engine=engine_name,
-                     target=target, drafts=draft_costs, repeats=settings.repeats, provenance=prov)  # fmt: skip
+                     target=target, drafts=draft_costs, heads=head_costs, repeats=settings.repeats,
+                     provenance=prov)  # fmt: skip
 
 
 def contexts_for_run(run_dir: Path) -> tuple[int, ...]:

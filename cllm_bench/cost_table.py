@@ -7,7 +7,8 @@ measurements (``results/cost_tables/``), read by ``cllm-bench predict``. JSON la
     {"format": ..., "device": "cpu", "device_name": ..., "dtype": "float32",
      "engine": "dynamic" | "static" | "static+compile", "repeats": 3, "calls": 5,
      "provenance": {...},                     # versions, command, time; "derived": how, if derived
-     "target": MODEL, "drafts": {spec: MODEL, ...}}
+     "target": MODEL, "drafts": {spec: MODEL, ...},
+     "heads": {spec: {"name": spec, "call_ms": float, "spread_ms": float | null}, ...}}
 
     MODEL = {"name": spec, "identity": {hidden_size, num_hidden_layers, vocab_size, ...},
              "step_overhead_ms": float, "step_overhead_spread_ms": float | null,
@@ -17,7 +18,8 @@ measurements (``results/cost_tables/``), read by ``cllm-bench predict``. JSON la
 
 ``ms[i][j]`` is the median time of one forward of ``widths[j]`` tokens against
 ``contexts[i]`` cached positions (device synchronised; host work of the forward call
-included); ``spread_ms`` is max - min over the repeats. ``step_overhead_ms`` is the host
+included); ``spread_ms`` is max - min over the repeats. ``heads`` (Medusa heads, keyed by
+the ``medusa:heads=`` spec): the time of one call of the heads on one hidden state. ``step_overhead_ms`` is the host
 time a decode step of our loop adds to its forward (a full ``ar`` step minus the bare
 1-token forward).
 
@@ -31,7 +33,7 @@ floored at 0.
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -143,6 +145,23 @@ class ModelCosts:
 
 
 @dataclass(frozen=True)
+class HeadCost:
+    """One call of a decoder's heads (Medusa) on one hidden state: median ms and spread."""
+
+    name: str
+    call_ms: float
+    spread_ms: float | None = None
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> "HeadCost":
+        try:
+            spread = d.get("spread_ms")
+            return cls(str(d.get("name", "")), float(d["call_ms"]), None if spread is None else float(spread))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise UserError(f"{where}: call_ms missing or not a number") from None
+
+
+@dataclass(frozen=True)
 class CostTable:
     """A device's cost table: the target model and any draft models (keyed by draft spec)."""
 
@@ -152,6 +171,7 @@ class CostTable:
     engine: str
     target: ModelCosts
     drafts: dict[str, ModelCosts] = field(default_factory=dict)
+    heads: dict[str, HeadCost] = field(default_factory=dict)
     repeats: int | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     path: str = ""
@@ -163,7 +183,8 @@ class CostTable:
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "device": self.device, "device_name": self.device_name, "dtype": self.dtype,
                 "engine": self.engine, "repeats": self.repeats, "provenance": self.provenance,
-                "target": self.target.to_dict(), "drafts": {k: v.to_dict() for k, v in self.drafts.items()}}  # fmt: skip
+                "target": self.target.to_dict(), "drafts": {k: v.to_dict() for k, v in self.drafts.items()},
+                "heads": {k: asdict(v) for k, v in self.heads.items()}}  # fmt: skip
 
     def write(self, path: Path, flag: str = "--output") -> None:
         write_json_file(path, self.to_dict(), flag)
@@ -184,13 +205,14 @@ def load_cost_table(path: Path) -> CostTable:
     data = read_json(Path(path), "cost table")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise UserError(f"{path} is not a cost table (format {FORMAT!r} expected); write one with `cllm-bench profile`")
-    drafts = data.get("drafts") or {}
-    if not isinstance(drafts, dict):
-        raise UserError(f"{path}: drafts must be an object keyed by draft spec")
+    drafts, heads = data.get("drafts") or {}, data.get("heads") or {}
+    if not isinstance(drafts, dict) or not isinstance(heads, dict):
+        raise UserError(f"{path}: drafts and heads must be objects keyed by spec")
     return CostTable(
         device=str(data.get("device", "")), device_name=str(data.get("device_name", data.get("device", ""))),
         dtype=str(data.get("dtype", "")), engine=str(data.get("engine", "")),
         target=ModelCosts.from_dict(data.get("target"), f"{path} target"),
         drafts={str(k): ModelCosts.from_dict(v, f"{path} draft {k}") for k, v in drafts.items()},
+        heads={str(k): HeadCost.from_dict(v, f"{path} heads {k}") for k, v in heads.items()},
         repeats=data.get("repeats"), provenance=dict(data.get("provenance") or {}), path=str(path),
     )  # fmt: skip

@@ -6,6 +6,8 @@ gives the time of such a forward on the device it describes. The cost model::
 
     decode_s(sample) = sum over decode forwards f of  [cost_M(f)(width_f, context_f) + overhead_M(f)] / 1000
 
+                     + heads_ms x (prefills + target decode forwards)     # Medusa heads only
+
 where the decode forwards are every target decode forward and every draft forward (the
 target prefill of each turn is TTFT, outside decode time, as in ``cllm-bench run``); M(f) is
 the target or the decoder's draft model; ``cost`` is the table's bilinear interpolation
@@ -42,6 +44,8 @@ from cllm_bench.results_io import iter_jsonl, read_json, write_json_file
 
 #: decoder fields that name the draft model / head whose forwards are the trace's ``d`` steps
 DRAFT_FIELDS = ("draft", "head")
+#: decoder fields that name Medusa-style heads run once per target forward (no trace step)
+HEAD_FIELDS = ("heads",)
 
 
 @dataclass
@@ -56,10 +60,13 @@ class ForwardCost:
     tree_as_chain: int = 0
 
 
-def sample_cost(trace: dict[str, Any], target: ModelCosts, draft: ModelCosts | None, batch: int = 1) -> ForwardCost:
+def sample_cost(trace: dict[str, Any], target: ModelCosts, draft: ModelCosts | None, heads_ms: float = 0.0,
+                batch: int = 1) -> ForwardCost:  # fmt: skip
     """Predicted cost of one ``forward_trace`` record (module docstring formula).
 
-    Raises :class:`UserError` when the trace has draft forwards and ``draft`` is None.
+    ``heads_ms``: one call of the decoder's Medusa heads, run after the prefill and after
+    every target decode forward (0 for decoders without heads). Raises :class:`UserError`
+    when the trace has draft forwards and ``draft`` is None.
     """
     out = ForwardCost()
     kinds, fed, context = trace["kinds"], trace["fed"], trace["context"]
@@ -67,7 +74,9 @@ def sample_cost(trace: dict[str, Any], target: ModelCosts, draft: ModelCosts | N
         raise UserError("a forward_trace record has columns of different lengths (corrupt samples.jsonl)")
     tree = bool(trace.get("tree"))
     for kind, width, ctx in zip(kinds, fed, context):
-        if kind == "p":
+        if kind == "p":  # the prefill itself is TTFT; the heads on its hidden state run after it
+            out.ms += heads_ms
+            out.ideal_ms += heads_ms
             continue
         if kind == "d":
             if draft is None:
@@ -79,9 +88,10 @@ def sample_cost(trace: dict[str, Any], target: ModelCosts, draft: ModelCosts | N
         ms, outside = grid.cost(width, ctx)
         ideal, _ = model.grid(batch, False)[0].cost(1, ctx)
         overhead = max(model.step_overhead_ms, 0.0)  # a negative measured overhead is noise
-        step = ms + overhead
+        heads = heads_ms if kind == "t" else 0.0
+        step = ms + overhead + heads
         out.ms += step
-        out.ideal_ms += ideal + overhead
+        out.ideal_ms += ideal + overhead + heads
         out.forwards += 1
         out.tree_as_chain += substituted
         if outside:
@@ -130,16 +140,17 @@ class Prediction:
                 "cells": [asdict(c) for c in self.cells]}  # fmt: skip
 
 
-def decoder_draft(label: str) -> str | None:
-    """The draft model / head spec a decoder label names (its default when the label omits it)."""
+def decoder_part(label: str, fields: Sequence[str] = DRAFT_FIELDS) -> str | None:
+    """The spec a decoder label gives to the first of ``fields`` it has (its default when the
+    label omits it): the draft model / head, or the Medusa heads."""
     from cllm_bench.decoders.base import build_decoder, split_spec
 
     try:
         decoder = build_decoder(label)
-    except UserError:
+    except UserError:  # a plugin decoder not loaded here: what the label says
         _, params = split_spec(label)
-        return next((params[f] for f in DRAFT_FIELDS if f in params), None)
-    return next((str(getattr(decoder, f)) for f in DRAFT_FIELDS if getattr(decoder, f, None)), None)
+        return next((params[f] for f in fields if f in params), None)
+    return next((str(getattr(decoder, f)) for f in fields if getattr(decoder, f, None)), None)
 
 
 def _load_run(run_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -201,14 +212,21 @@ def _predict_cell(key: tuple[str, str, str], records: list[dict[str, Any]], tabl
     if any(not isinstance(r.get("forward_trace"), dict) for r in records):
         cell.note = "no per-forward trace in some samples (older cllm-bench): not predicted"
         return cell
+    heads_ms = 0.0
+    heads_spec = decoder_part(decoder, HEAD_FIELDS)
+    if heads_spec is not None:
+        if heads_spec not in table.heads:
+            cell.note = f"not predicted: heads {heads_spec} not profiled (profile --heads)"
+            return cell
+        heads_ms = table.heads[heads_spec].call_ms
     draft = None
     if any("d" in r["forward_trace"]["kinds"] for r in records):
-        spec = decoder_draft(decoder)
+        spec = decoder_part(decoder)
         draft = table.drafts.get(spec) if spec else None
         if draft is None:
             cell.note = f"not predicted: draft {spec or '(unnamed)'} not profiled (profile --draft)"
             return cell
-    costs = [sample_cost(r["forward_trace"], table.target, draft) for r in records]
+    costs = [sample_cost(r["forward_trace"], table.target, draft, heads_ms) for r in records]
     cell.predicted_decode_s = [c.ms / 1000 for c in costs]
     total_s = sum(cell.predicted_decode_s)
     ideal_s = sum(c.ideal_ms for c in costs) / 1000

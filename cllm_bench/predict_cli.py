@@ -25,6 +25,8 @@ def add_predict_parsers(sub: Any) -> None:
     p.add_argument("--models", required=True, help="the target model spec (one model per cost table)")
     p.add_argument("--draft", action="append", default=[], metavar="SPEC",
                    help="also profile a draft as `speculative:draft=SPEC` takes it, e.g. self:layers=4 (repeatable)")
+    p.add_argument("--heads", action="append", default=[], metavar="SPEC",
+                   help="also time Medusa heads as `medusa:heads=SPEC` takes them, e.g. random:4 (repeatable)")
     p.add_argument("--batch-sizes", default="1", help="comma list (default 1; batch 1 is always profiled)")
     p.add_argument("--widths", default="1,2,4,8,16,32,64,128", help="tokens per forward (comma list)")
     p.add_argument("--contexts", default=None, help="KV-cache lengths (comma list; default 32,128,512)")
@@ -76,7 +78,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     )  # fmt: skip
     settings.check()
     console = Console(stderr=True, highlight=False)
-    table = run_profile(models[0], args.draft, settings, args.dtype, args.device, lambda m: console.print(m, markup=False))
+    table = run_profile(models[0], args.draft, settings, args.dtype, args.device, lambda m: console.print(m, markup=False),
+                        args.heads)  # fmt: skip
     out = Path(args.output) if args.output else default_output(table)
     table.write(out)
     chain = table.target.grids[0]

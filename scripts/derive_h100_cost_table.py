@@ -16,7 +16,7 @@ What is derived and how (also written into the table's provenance):
     an explicit [k, k] block mask on every forward (causal or tree), through the same
     compiled graph, so a tree mask does not change the work;
   * step overhead: 2.5 ms (ar loop per token) - 1.52 ms (bare 1-token forward) = 0.98 ms;
-  * no spread (the README keeps one mean per point), no batch > 1, no draft models;
+  * no spread (the README keeps one mean per point), no batch > 1, no draft models or heads;
   * not measured: context dependence (every lookup at another context is flagged
     extrapolated, cost held constant), widths above 64 (extended linearly, flagged).
 """
@@ -55,7 +55,7 @@ def derive() -> CostTable:
             "prefilling its 14-token prompt (context 14); its ar loop 2.5 ms/token. Chain grid = those three points "
             "at context 14. Tree grid = the chain values at 16 and 64: the static engine always feeds an explicit "
             "block mask through the same compiled graph. step_overhead_ms = 2.5 - 1.52. No spread, batch 1 only, "
-            "no drafts; context dependence and widths > 64 not measured (flagged extrapolated by predict)."
+            "no drafts or heads; context dependence and widths > 64 not measured (flagged extrapolated by predict)."
         ),
         "sources": ["results/bench/README.md", "results/bench/h100-smollm2-bf16.json", "scripts/profile_engine.py"],
         "script": "scripts/derive_h100_cost_table.py",

@@ -26,7 +26,7 @@ cllm-bench run --models "$MODEL" --decoders "$DECODERS" --tasks humaneval --limi
   --max-new-tokens 64 --repeats 3 --warmup 1 --device cpu --dtype float32 --output-path "$OUT/run"
 
 # 2. this device's cost table, contexts up to the longest forward of that run
-cllm-bench profile --models "$MODEL" --draft "$DRAFT" --widths 1,2,4,8,16,32,64,128 \
+cllm-bench profile --models "$MODEL" --draft "$DRAFT" --heads random:4 --widths 1,2,4,8,16,32,64,128 \
   --contexts-from "$OUT/run" --repeats 3 --calls 5 --device cpu --dtype float32 --output "$OUT/cost-table.json"
 
 # 3. predict the run on its own device (no model loaded) and compare per decoder

@@ -10,7 +10,7 @@ import torch
 
 from cllm_bench.cli import main
 from cllm_bench.cost_profile import binary_tree_mask
-from cllm_bench.cost_table import FORMAT, CostTable, Grid, ModelCosts, interpolate, load_cost_table
+from cllm_bench.cost_table import FORMAT, CostTable, Grid, HeadCost, ModelCosts, interpolate, load_cost_table
 from cllm_bench.decoders.base import build_decoder
 from cllm_bench.engine import Engine
 from cllm_bench.forward_trace import forward_trace, steps_with_context
@@ -91,6 +91,19 @@ def test_sample_cost_with_draft_and_tree():
     assert cost.tree_as_chain == 0
     no_tree = sample_cost(trace, synthetic_table(tree=False).target, draft_costs())
     assert no_tree.ms == pytest.approx(5.0 + 15.0) and no_tree.tree_as_chain == 1
+
+
+def test_medusa_heads_cost_per_prefill_and_target_forward(tmp_path):
+    trace = {"kinds": "ptt", "fed": [8, 4, 4], "context": [0, 8, 9], "tree": True, "generated": 3}
+    run = write_run(tmp_path / "run", {"ar": [ar_trace(3)], "medusa:heads=random:2": [trace]})
+    assert "heads random:2" in predict_run(run, synthetic_table(tree=True)).cells[1].note
+    table = synthetic_table(tree=True)
+    table = CostTable(table.device, table.device_name, table.dtype, table.engine, table.target,
+                      heads={"random:2": HeadCost("random:2", 3.0)}, path="t.json")  # fmt: skip
+    medusa = predict_run(run, table).cells[1]
+    # 3 heads calls (after the prefill, after each forward) + 2 tree forwards of (20 + 4) + 1 overhead
+    assert medusa.predicted_decode_s == [pytest.approx((3 * 3.0 + 2 * 25.0) / 1000)]
+    assert medusa.note == ""
 
 
 def write_run(folder: Path, cells: dict[str, list[dict]], device_name: str = "test-device",
@@ -228,7 +241,7 @@ def test_binary_tree_mask_shape():
 # ------------------------------------------------------------------ end to end: run, profile, predict, report
 def test_run_profile_predict_end_to_end(tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    decoders = "ar,jacobi:n=4,speculative:draft=self:layers=1,k=2"
+    decoders = "ar,jacobi:n=4,speculative:draft=self:layers=1,k=2,medusa:heads=random:2"
     assert main(["run", "--models", str(tiny_model_dir), "--decoders", decoders, "--tasks", "humaneval", "--limit", "2",
                  "--max-new-tokens", "8", "--warmup", "0", "--device", "cpu", "--dtype", "float32",
                  "--output-path", str(out)]) == 0  # fmt: skip
@@ -239,7 +252,7 @@ def test_run_profile_predict_end_to_end(tiny_model_dir, tmp_path, capsys):
         assert ft["kinds"].count("p") + ft["kinds"].count("t") == rec["forwards"]
         assert ft["kinds"].count("d") == rec["draft_forwards"]
     table_path = tmp_path / "table.json"
-    assert main(["profile", "--models", str(tiny_model_dir), "--draft", "self:layers=1", "--widths", "1,4",
+    assert main(["profile", "--models", str(tiny_model_dir), "--draft", "self:layers=1", "--heads", "random:2", "--widths", "1,4",
                  "--contexts-from", str(out), "--batch-sizes", "1,2", "--repeats", "1", "--calls", "1",
                  "--warmup", "1", "--overhead-tokens", "3", "--device", "cpu", "--dtype", "float32",
                  "--output", str(table_path)]) == 0  # fmt: skip
@@ -251,13 +264,14 @@ def test_run_profile_predict_end_to_end(tiny_model_dir, tmp_path, capsys):
     for g in table["target"]["grids"]:
         assert len(g["ms"]) == len(g["contexts"]) == 3 and all(len(r) == len(g["widths"]) for r in g["ms"])
     assert [g["widths"] for g in table["target"]["grids"] if g["tree"]] == [[4]]
-    assert set(table["drafts"]) == {"self:layers=1"}
+    assert set(table["drafts"]) == {"self:layers=1"} and set(table["heads"]) == {"random:2"}
     assert "packages" in table["provenance"] and table["repeats"] == 1
     pred_path = tmp_path / "pred.json"
     capsys.readouterr()
     assert main(["predict", str(out), "--cost-table", str(table_path), "--output", str(pred_path)]) == 0
     pred = json.loads(pred_path.read_text())
-    assert [c["decoder"] for c in pred["cells"]] == ["ar", "jacobi:n=4", "speculative:draft=self:layers=1,k=2"]
+    assert [c["decoder"] for c in pred["cells"]] == ["ar", "jacobi:n=4", "speculative:draft=self:layers=1,k=2",
+                                                     "medusa:heads=random:2"]  # fmt: skip
     assert pred["same_device"] is True
     for cell in pred["cells"]:
         assert cell["note"] == "" and len(cell["predicted_decode_s"]) == 2
