@@ -16,7 +16,9 @@ here (dynamic eager on CPU, static + compiled on CUDA, unless told otherwise):
   after a prompt of ``contexts[0]`` tokens (EOS ignored), decode time (prefill apart, as the
   runner times it) / decode steps, minus the table's 1-token forward at the mean context.
 
-Timings on a busy machine are void: run it alone (see docs/predict.md).
+Timings on a busy machine are void: run it alone (see docs/predict.md). The runner's
+:class:`~cllm_bench.timing_health.HealthMonitor` watches the machine; its summary goes into
+the table's ``provenance.timing_health`` and a busy machine is warned about.
 """
 
 from __future__ import annotations
@@ -215,10 +217,13 @@ def run_profile(model_spec: str, drafts: Sequence[str], settings: ProfileSetting
     from cllm_bench.bench import make_engine, resolve_engine
     from cllm_bench.models import check_model_spec, load_model
     from cllm_bench.provenance import provenance
+    from cllm_bench.timing_health import HealthMonitor
 
     settings.check()
     check_model_spec(model_spec)
     loaded = load_model(model_spec, dtype=dtype, device=device)
+    health = HealthMonitor()  # the runner's watch: a busy machine makes the table void, and says so
+    health.before_timing()
     kind, comp = resolve_engine(settings, loaded.device)
     engine_name = kind + ("+compile" if comp else "")
     capacity = settings.capacity
@@ -226,20 +231,26 @@ def run_profile(model_spec: str, drafts: Sequence[str], settings: ProfileSetting
     engine = make_engine(loaded.model, kind, comp, capacity)
     batched = lambda b: make_engine(loaded.model, kind, comp, capacity, pad_id=pad_id, batch_size=b)  # noqa: E731
     target = profile_model(model_spec, loaded.model, engine, batched, settings, loaded.device, log)
+    health.after_sample()
     draft_costs = {}
     for spec in drafts:
         draft_model = load_draft(spec, loaded.model, loaded.tokenizer)
         draft_engine = companion_engine(engine, draft_model)
         draft_costs[spec] = profile_model(spec, draft_model, draft_engine, None, settings, loaded.device, log)
+        health.after_sample()
     head_costs = {}
     for spec in heads:
         log(f"heads {spec}: one call")
         head_costs[spec] = measure_heads(spec, loaded.model, settings, loaded.device)
+    health.after_sample()
+    warning = health.take_warning()
+    if warning is not None:
+        log(f"warning: {warning}")
     dtype_name = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
     prov = provenance(loaded.device, dtype_name, 0, {"settings": {
         "widths": list(settings.widths), "contexts": list(settings.contexts), "batch_sizes": list(settings.batch_sizes),
         "repeats": settings.repeats, "calls": settings.calls, "warmup": settings.warmup, "tree": settings.tree,
-        "overhead_tokens": settings.overhead_tokens}, "measured": True})  # fmt: skip
+        "overhead_tokens": settings.overhead_tokens}, "measured": True, "timing_health": health.summary()})  # fmt: skip
     return CostTable(device=str(loaded.device), device_name=prov["device_name"], dtype=dtype_name, engine=engine_name,
                      target=target, drafts=draft_costs, heads=head_costs, repeats=settings.repeats,
                      provenance=prov)  # fmt: skip

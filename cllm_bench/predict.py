@@ -133,9 +133,11 @@ class Prediction:
     table_label: str
     same_device: bool
     cells: list[CellPrediction]
+    table_busy: bool = False  # the table's own timing_health saw other work on the machine
 
     def to_dict(self) -> dict[str, Any]:
         return {"run": self.run, "cost_table": self.table, "device": self.table_label, "same_device": self.same_device,
+                "cost_table_busy": self.table_busy,
                 "cost_model": "bilinear over (width, context); decode forwards only; per-step overhead; see docs/predict.md",
                 "cells": [asdict(c) for c in self.cells]}  # fmt: skip
 
@@ -199,7 +201,8 @@ def predict_run(run_dir: Path, table: CostTable) -> Prediction:
         for c in cells:
             if c.predicted_speedup is not None and c.measured_speedup:
                 c.speedup_error = (c.predicted_speedup - c.measured_speedup) / c.measured_speedup
-    return Prediction(str(run_dir), table.path, table.label, same, cells)
+    busy = (table.provenance.get("timing_health") or {}).get("ok") is False
+    return Prediction(str(run_dir), table.path, table.label, same, cells, busy)
 
 
 def _predict_cell(key: tuple[str, str, str], records: list[dict[str, Any]], table: CostTable,
@@ -275,7 +278,8 @@ def prediction_rows(pred: Prediction) -> list[tuple[str, ...]]:
 def caption(pred: Prediction) -> str:
     where = "the run's own device: error = (predicted - measured) / measured speedup" if pred.same_device else \
         "another device than the run's: measured columns are the run's device, no error computed"
-    return f"Predicted for {pred.table_label} (cost table {pred.table}) from {pred.run}; {where}."
+    busy = " WARNING: the cost table was measured on a busy machine (provenance.timing_health)." if pred.table_busy else ""
+    return f"Predicted for {pred.table_label} (cost table {pred.table}) from {pred.run}; {where}.{busy}"
 
 
 def print_prediction(pred: Prediction, console: Console) -> None:

@@ -143,6 +143,11 @@ def test_predict_run_known_speedup_ideal_and_error(tmp_path):
     assert jc.predicted_speedup == pytest.approx(84 / 30)
     assert jc.ideal_speedup == pytest.approx(84 / 24)
     assert pred.same_device and jc.speedup_error == pytest.approx((84 / 30 - 2.5) / 2.5)
+    assert not pred.table_busy
+    busy = synthetic_table()
+    busy = CostTable(busy.device, busy.device_name, busy.dtype, busy.engine, busy.target,
+                     provenance={"timing_health": {"ok": False, "problems": ["load"]}})  # fmt: skip
+    assert predict_run(run, busy).table_busy
     other = predict_run(run, synthetic_table(device_name="elsewhere"))
     assert not other.same_device and other.cells[1].speedup_error is None
 
@@ -265,7 +270,7 @@ def test_run_profile_predict_end_to_end(tiny_model_dir, tmp_path, capsys):
         assert len(g["ms"]) == len(g["contexts"]) == 3 and all(len(r) == len(g["widths"]) for r in g["ms"])
     assert [g["widths"] for g in table["target"]["grids"] if g["tree"]] == [[4]]
     assert set(table["drafts"]) == {"self:layers=1"} and set(table["heads"]) == {"random:2"}
-    assert "packages" in table["provenance"] and table["repeats"] == 1
+    assert "packages" in table["provenance"] and table["repeats"] == 1 and "ok" in table["provenance"]["timing_health"]
     pred_path = tmp_path / "pred.json"
     capsys.readouterr()
     assert main(["predict", str(out), "--cost-table", str(table_path), "--output", str(pred_path)]) == 0
