@@ -69,9 +69,11 @@ def sample_cost(trace: dict[str, Any], target: ModelCosts, draft: ModelCosts | N
     when the trace has draft forwards and ``draft`` is None.
     """
     out = ForwardCost()
-    kinds, fed, context = trace["kinds"], trace["fed"], trace["context"]
-    if not (len(kinds) == len(fed) == len(context)):
-        raise UserError("a forward_trace record has columns of different lengths (corrupt samples.jsonl)")
+    kinds, fed, context = trace.get("kinds"), trace.get("fed"), trace.get("context")
+    if not (isinstance(kinds, str) and isinstance(fed, list) and isinstance(context, list)
+            and len(kinds) == len(fed) == len(context) and set(kinds) <= {"p", "t", "d"}):  # fmt: skip
+        raise UserError("a forward_trace record is malformed (kinds/fed/context missing, of other lengths, "
+                        "or unknown kinds): corrupt samples.jsonl")  # fmt: skip
     tree = bool(trace.get("tree"))
     for kind, width, ctx in zip(kinds, fed, context):
         if kind == "p":  # the prefill itself is TTFT; the heads on its hidden state run after it

@@ -184,6 +184,10 @@ def test_predict_errors(tmp_path, capsys):
     assert main(["predict", str(old), "--cost-table", str(good)]) == 2
     assert "no per-forward trace" in capsys.readouterr().err
 
+    broken = write_run(tmp_path / "broken", {"ar": [{"kinds": "pt", "fed": [4], "context": [0, 4], "generated": 2}]})
+    assert main(["predict", str(broken), "--cost-table", str(good)]) == 2
+    assert "malformed" in capsys.readouterr().err
+
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "something else"}))
     assert main(["predict", str(run), "--cost-table", str(bad)]) == 2
