@@ -288,8 +288,8 @@ def test_run_profile_predict_end_to_end(tiny_model_dir, tmp_path, capsys):
         assert cell["speedup_error"] is not None
     assert pred["cells"][0]["predicted_speedup"] == 1.0
     report = tmp_path / "report"
-    assert main(["report", str(out), "--cost-table", str(table_path), "--output", str(report), "--format", "md"]) == 0
-    assert "Predicted speed" in (report / "report.md").read_text()
+    assert main(["report", str(out), "--cost-table", str(table_path), "--output", str(report), "--format", "md,html"]) == 0
+    assert "Predicted speed" in (report / "report.md").read_text() and "ideal speedup" in (report / "report.html").read_text()
 
 
 # ------------------------------------------------------------------ the committed derived H100 table
