@@ -261,6 +261,10 @@ def run_bench(cfg: BenchConfig, console: Console) -> Path:
     path = out_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     write_json_atomic(path, doc)
     console.print(bench_table(rows, doc["provenance"]))
+    from cllm_bench.peers import bench_table as peers_table
+
+    if (peers := peers_table(rows)) is not None:  # ours next to its HF counterpart, when both ran
+        console.print(peers)
     return path
 
 

@@ -891,6 +891,7 @@ def build_document(runs: Sequence[Run], plots: Sequence[Any], reference: Mapping
     """Everything the md/html reports show, format-neutral. ``spec_bench_reference``: the
     transcribed Spec-Bench leaderboard (:mod:`cllm_bench.report_speed`), shown beside
     spec_bench cells."""
+    from cllm_bench.peers import report_section as peers_section
     from cllm_bench.report_speed import leaderboard_section, speed_sections
 
     all_cells = [c for r in runs for c in cells_of(r)]
@@ -963,6 +964,8 @@ def build_document(runs: Sequence[Run], plots: Sequence[Any], reference: Mapping
     if plots:
         sections.append(Section("Plots", "plots", tuple(PlotBlock(p) for p in plots)))
     sections += speed_sections(all_cells, multi)
+    if (peers := peers_section(all_cells, multi)) is not None:  # ours vs HF, when both ran
+        sections.append(peers)
     tm_tables = task_metrics_tables(all_cells, multi)
     if tm_tables:
         sections.append(Section("Task metrics", "task-metrics", tuple(tm_tables)))
