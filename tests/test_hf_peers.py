@@ -342,3 +342,20 @@ def test_run_refuses_a_foreign_assistant_before_any_cell(tiny_model_dir, tmp_pat
     assert "vocabulary" in err and "Traceback" not in err
     samples = out / "samples.jsonl"
     assert not samples.exists() or samples.read_text().strip() == ""  # not even ar's cell ran
+
+
+def test_run_peers_script_pairs_every_method_like_for_like():
+    """scripts/run_peers.sh: every decoder builds and both pairs have the same setting."""
+    import re
+    from pathlib import Path
+
+    from cllm_bench.cli import split_decoder_list
+
+    text = (Path(__file__).resolve().parents[1] / "scripts" / "run_peers.sh").read_text()
+    (specs,) = re.findall(r'--decoders "([^"]+)"', text)
+    labels = [build_decoder(s).label for s in split_decoder_list(specs)]
+    assert "--repeats 3" in text and "self:layers=6" in specs
+    assert sorted(pair_labels(labels)) == [
+        ("prompt_lookup:ngram=2", "hf:prompt_lookup=10", "same"),  # k=10 is the default
+        ("speculative:draft=self:layers=6,k=4", "hf:assistant=self:layers=6,k=4", "same"),
+    ]
