@@ -30,7 +30,9 @@ inside the model forwards shows (mask building, cache updates, module dispatch).
 cProfile adds a cost to every Python call, so Python-heavy parts (host work, the
 transformers module tree) are overstated relative to the kernels: read the split as
 structure and proportions on one machine, not as timings for a figure. Counts (forwards,
-rollbacks) are exact. ``--out FILE.prof`` keeps the raw profile (``python -m pstats``,
+rollbacks) are exact, and so is the number of Python function calls per generated token,
+a machine-independent measure of host work (compare ours with ``--hf`` on it).
+``--out FILE.prof`` keeps the raw profile (``python -m pstats``,
 snakeviz).
 """
 
@@ -210,7 +212,9 @@ def main() -> None:
     print(f"{spec} on {'tiny random Llama (8 layers)' if args.tiny else args.model}: "
           f"{len(prompts)} prompts x {args.max_new_tokens} tokens = {tokens} tokens, {target} target forwards "
           f"({tokens / target:.2f} tok/fwd), {drafts} draft forwards")  # fmt: skip
-    print(f"profiled generate(): {gen.cum_s:.3f} s under cProfile (proportions, not a timing)\n")
+    calls = ps.total_calls  # type: ignore[attr-defined]
+    print(f"profiled generate(): {gen.cum_s:.3f} s under cProfile (proportions, not a timing); "
+          f"{calls} Python function calls = {calls / tokens:.0f} per token (host work, machine-independent)\n")
     print(f"{'part':36s} {'calls':>7s} {'seconds':>9s} {'share':>7s}")
     for name, e in (split_hf if args.hf else split)(stats, gen.cum_s):
         share = e.cum_s / gen.cum_s if gen.cum_s else 0.0
