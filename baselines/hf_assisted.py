@@ -179,7 +179,9 @@ def trace_from_log(log: ForwardLog, prompt_len: int, new_tokens: list[int], max_
         raise TraceError("assisted generate: forwards after the last put")
     streamed = [t for _, _, tokens in rounds for t in tokens]
     if streamed != list(new_tokens):
-        raise TraceError(f"assisted generate returned {len(new_tokens)} tokens but streamed {len(streamed)} different ones")
+        raise TraceError(
+            f"assisted generate returned {len(new_tokens)} tokens but its streamer saw {len(streamed)} other ones"
+        )
     trace = Trace(prompt_len=prompt_len)
     out = OutputBuffer(max_new_tokens, eos_ids)
     for i, (widths, width, tokens) in enumerate(rounds):

@@ -30,7 +30,14 @@ import torch
 from transformers import GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
-from cllm_bench.baselines.hf_assisted import ForwardLog, PutRecorder, assistant_view, counted, set_schedule, trace_from_log
+from cllm_bench.baselines.hf_assisted import (
+    ForwardLog,
+    PutRecorder,
+    assistant_view,
+    counted,
+    set_schedule,
+    trace_from_log,
+)
 from cllm_bench.baselines.speculative import check_same_vocabulary, load_draft, parse_draft
 from cllm_bench.batch_engine import pad_batch
 from cllm_bench.decoders.base import Decoder, OutputBuffer
@@ -87,11 +94,15 @@ class HFGenerateDecoder(Decoder):
         if self.assistant and self.prompt_lookup:
             raise ValueError("assistant= and prompt_lookup= are two different methods; give one of them")
         if self.k and not self.assistant:
-            raise ValueError("k is the assistant's tokens per round; give assistant=SPEC with it (e.g. hf:assistant=self:layers=4,k=5)")
+            raise ValueError(
+                "k is the assistant's tokens per round; give assistant=SPEC with it (e.g. hf:assistant=self:layers=4,k=5)"
+            )
         if self.ngram and not self.prompt_lookup:
             raise ValueError("ngram is prompt lookup's longest match; give prompt_lookup=N with it")
         if self.assisted and (self.cache != "dynamic" or self.compile):
-            raise ValueError("assisted generation and prompt lookup run on transformers' dynamic cache; drop cache=/compile=")
+            raise ValueError(
+                "assisted generation and prompt lookup run on transformers' dynamic cache; drop cache=/compile="
+            )
         if self.assistant:
             source, _ = parse_draft(self.assistant)  # a malformed self:... fails here
             if source != "self":

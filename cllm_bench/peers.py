@@ -197,7 +197,8 @@ def bench_table(rows: Sequence[Mapping[str, Any]]) -> Any:
 REPORT_TEXT = (
     "Each of our decoders next to its transformers counterpart in the same run (same model, task, prompts and "
     "repeats): speculative vs hf:assistant (HF assisted generation), prompt_lookup vs hf:prompt_lookup. ours ÷ HF = "
-    "ratio of tokens/s (> 1: ours is faster), in brackets ours_min ÷ HF_max – ours_max ÷ HF_min over repeats; tok/fwd "
+    "ratio of tokens/s (> 1: ours is faster), in brackets ours_min ÷ HF_max – ours_max ÷ HF_min over repeats; "
+    "tok/fwd "
     "= generated tokens per target forward, counted the same way for both; same output = match_ar. setting says "
     "where the two propose differently (k, ngram). Pairing rules: cllm_bench/peers.py."
 )
