@@ -11,11 +11,14 @@
 # so acceptance is low: this compares the two implementations of each method on the same
 # draft and prompts, not a good draft.
 #
-# Estimated time on this project's 2-core CPU with nothing else running: about 40 minutes
-# (6 decoders x 14 generations x 128 tokens x 3 repeats; ar ~18 tok/s, the drafting
-# decoders ~0.55-0.95x of it on CPU; the summarization/RAG prompts are 1-2k tokens, a few
-# seconds of prefill each). Roughly twice that while another job shares the CPU — and then
-# the timings are void: run it on an idle machine (the report flags BUSY cells).
+# Estimated time on this project's 2-core CPU with nothing else running: about 50 minutes.
+# Per repeat: 14 generations x 128 tokens = 1792 tokens per decoder; ar and hf at ~18 tok/s
+# ~100 s each + ~15 s of prefill (the summarization/RAG prompts are 1-2k tokens); the four
+# drafting decoders at ~0.55-0.95x of ar on CPU (an untrained draft) ~150-210 s each: ~930 s
+# per repeat, x 3 repeats, + model load and one short warm-up generation per decoder. (The
+# rate of scripts/run_spec_bench.sh's estimate, ~11-13 s per decoder-generation.) Roughly
+# twice that while another job shares the CPU — and then the timings are void: run it on an
+# idle machine (the report flags BUSY cells).
 # Interrupted? Rerun the same command: finished samples are kept.
 #
 #   DATA_DIR   folder holding spec_bench/question.jsonl (default ../shared/data)
