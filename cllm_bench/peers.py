@@ -162,7 +162,8 @@ def _match(value: Any) -> str:
 
 def format_ratio(row: PeerRow) -> str:
     text = _num(row.ratio, ".2f", "x")
-    if row.ratio_lo is not None and row.ratio_hi is not None and row.ratio is not None:
+    spread = row.ratio_lo is not None and row.ratio_hi is not None and f"{row.ratio_lo:.2f}" != f"{row.ratio_hi:.2f}"
+    if spread and row.ratio is not None:  # one repeat (or no spread): no bracket
         text += f" ({row.ratio_lo:.2f}–{row.ratio_hi:.2f})"
     return text
 
@@ -188,7 +189,8 @@ def bench_table(rows: Sequence[Mapping[str, Any]]) -> Any:
         return None
     table = Table(title="ours vs HF (same prompts, same run; ours ÷ HF > 1 = ours faster)")
     for col in HEADERS:
-        table.add_column(col, justify="left" if col in ("ours", "HF counterpart", "setting") else "right")
+        label = col in ("ours", "HF counterpart", "setting")
+        table.add_column(col, justify="left" if label else "right", overflow="fold" if label else "ellipsis")
     for row in pairs:
         table.add_row(*table_cells(row))
     return table
