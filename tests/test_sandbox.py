@@ -510,9 +510,10 @@ def test_run_summary_provenance_holds_the_sandbox_record():
     import torch
 
     from cllm_bench.runner import RunConfig, _summary_doc
+    from cllm_bench.timing_health import HealthMonitor
 
     record = Isolation.none("test").provenance()
-    doc = _summary_doc(RunConfig(), torch.device("cpu"), "start", [], True, record)
+    doc = _summary_doc(RunConfig(), torch.device("cpu"), "start", [], True, HealthMonitor(), record)
     assert doc["provenance"]["sandbox"] == record
     # requiring isolation is not part of a run's identity: a resumed run may add it
     assert RunConfig(require_isolation=True).identity_hash() == RunConfig().identity_hash()
