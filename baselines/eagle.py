@@ -26,7 +26,7 @@ One round (:meth:`EagleDecoder.step`):
    ``[x] + nodes`` with the tree's ancestor mask;
    :func:`~cllm_bench.baselines.ngram_pool.tree_accept` keeps the longest path of the
    target's own argmaxes plus the bonus token (so the output equals ``ar``);
-   :meth:`Engine.keep` keeps x and the path; the target hidden states of x and the
+   :meth:`SingleEngine.keep` keeps x and the path; the target hidden states of x and the
    path, paired with the accepted tokens, become the next pending pairs.
 
 Every draft forward is a ``draft`` trace step (``fed`` = tokens fed), every target
@@ -46,7 +46,7 @@ from torch import nn
 from cllm_bench.baselines.medusa import build_tree, verify_tree
 from cllm_bench.decoders.base import Decoder, OutputBuffer
 from cllm_bench.eagle_head import EagleHead, check_head_fits, head_config, load_eagle_head, read_head_config
-from cllm_bench.engine import Engine
+from cllm_bench.engines.protocols import SingleEngine
 from cllm_bench.errors import UserError
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import Trace
@@ -138,7 +138,7 @@ class FeatureDrafter:
 
     def drop_tree(self) -> None:
         """Remove this round's tree nodes from the cache (keep the accepted text)."""
-        from cllm_bench import kv_cache
+        from cllm_bench.engines import kv_cache
 
         kv_cache.truncate(self.cache, self.length)
         self.tree_fed = 0
@@ -251,7 +251,7 @@ def static_tree(drafter: FeatureDrafter, root_feature: torch.Tensor, base: int,
 
 
 # ------------------------------------------------------------------ the target's side
-def prefill_all_hidden(engine: Engine, prompt_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def prefill_all_hidden(engine: SingleEngine, prompt_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Prefill the prompt with one full forward into a fresh cache; return the last
     position's logits [V] and the final hidden states of every prompt position [T, H]."""
     if not prompt_ids:
@@ -330,7 +330,7 @@ class EagleDecoder(Decoder):
         """EAGLE-1's tree cut to ranks < top_k and at most ``levels`` deep."""
         return [p for p in EAGLE1_TREE if len(p) <= levels and max(p) < self.top_k]
 
-    def generate(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
+    def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         head = self.eagle_head(engine.model)
         drafter = FeatureDrafter(head, engine.model.get_input_embeddings(), engine.model.get_output_embeddings())
         trace = Trace(prompt_len=len(prompt_ids))
@@ -358,7 +358,7 @@ class EagleDecoder(Decoder):
         drafter.drop_tree()
         return cands, chosen
 
-    def step(self, engine: Engine, drafter: FeatureDrafter, trace: Trace, out: OutputBuffer, x: int) -> int:
+    def step(self, engine: SingleEngine, drafter: FeatureDrafter, trace: Trace, out: OutputBuffer, x: int) -> int:
         """Draft, verify ``[x] + tree`` in one target forward, keep the accepted path. Returns the new x."""
         tokens, parents, depths = [], [-1], [0]
         if out.remaining > 1:  # the last token wanted is x's bonus: nothing to draft

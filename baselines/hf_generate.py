@@ -39,9 +39,9 @@ from cllm_bench.baselines.hf_assisted import (
     trace_from_log,
 )
 from cllm_bench.baselines.speculative import check_same_vocabulary, load_draft, parse_draft
-from cllm_bench.batch_engine import pad_batch
 from cllm_bench.decoders.base import Decoder, OutputBuffer
-from cllm_bench.engine import Engine
+from cllm_bench.engines.batch import pad_batch
+from cllm_bench.engines.protocols import BatchedEngine, SingleEngine
 from cllm_bench.errors import UserError
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import Trace
@@ -165,7 +165,7 @@ class HFGenerateDecoder(Decoder):
         config.disable_compile = not self.compile
         return config
 
-    def generate(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
+    def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         config = self.generation_config(max_new_tokens, eos_ids, min(eos_ids) if eos_ids else 0)
         ids = engine.ids_tensor(prompt_ids)
         if self.assisted:
@@ -180,7 +180,7 @@ class HFGenerateDecoder(Decoder):
         return trace_of(prompt_ids, generated[0, ids.shape[1] :].tolist(), max_new_tokens, eos_ids)
 
     def generate_assisted(
-        self, engine: Engine, ids: torch.Tensor, config: GenerationConfig, max_new_tokens: int, eos_ids: frozenset[int]
+        self, engine: SingleEngine, ids: torch.Tensor, config: GenerationConfig, max_new_tokens: int, eos_ids: frozenset[int]
     ) -> Trace:
         """One assisted / prompt-lookup ``generate`` on ``ids`` [1, T] with its forwards counted."""
         kwargs: dict[str, Any] = {}
@@ -208,7 +208,7 @@ class HFGenerateDecoder(Decoder):
         return trace_from_log(log, prompt_len, generated[0, prompt_len:].tolist(), max_new_tokens, eos_ids)
 
     def generate_batch(
-        self, engine: Any, prompts: list[list[int]], max_new_tokens: int, eos_ids: frozenset[int]
+        self, engine: BatchedEngine, prompts: list[list[int]], max_new_tokens: int, eos_ids: frozenset[int]
     ) -> list[Trace]:
         """``generate`` on the left-padded batch with its attention mask (HF's own batching)."""
         if self.assisted:

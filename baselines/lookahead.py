@@ -19,7 +19,7 @@ Layout of the fed block (k tokens) and its tree mask (see :func:`step_layout`)::
 Greedy verification (:func:`~cllm_bench.baselines.ngram_pool.tree_accept`) accepts the
 longest candidate prefix that matches the target's own argmaxes plus the bonus token
 (``cap=true``: at most N-1 tokens, as the reference code does). The KV of ``x`` and of the
-accepted candidate tokens is kept with :meth:`Engine.keep`; everything else is dropped.
+accepted candidate tokens is kept with :meth:`SingleEngine.keep`; everything else is dropped.
 
 After a full step the pool gets the W n-grams ``(B0[j], L1[j], .., L_{N-2}[j], R[j])`` and
 the window slides by exactly one position: ``L0 <- L1[1:]``, ``Lℓ <- Lℓ+1``, ``L_{N-2} <- R``.
@@ -45,7 +45,7 @@ import torch
 
 from cllm_bench.baselines.ngram_pool import NGramPool, tree_accept
 from cllm_bench.decoders.base import Decoder, OutputBuffer
-from cllm_bench.engine import Engine
+from cllm_bench.engines.protocols import SingleEngine
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import Trace
 
@@ -194,7 +194,7 @@ class LookaheadDecoder(Decoder):
         if self.g < 1:
             raise ValueError(f"g must be >= 1, got {self.g}")
 
-    def generate(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
+    def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         trace = Trace(prompt_len=len(prompt_ids))
         out = OutputBuffer(max_new_tokens, eos_ids)
         rng = random.Random(self.seed)
@@ -216,7 +216,7 @@ class LookaheadDecoder(Decoder):
 
     def step(
         self,
-        engine: Engine,
+        engine: SingleEngine,
         trace: Trace,
         out: OutputBuffer,
         pool: NGramPool,

@@ -13,7 +13,7 @@ One step = one target forward:
 2. **verify** (:func:`verify_tree`, :func:`~cllm_bench.baselines.ngram_pool.tree_accept`): the longest
    root-to-node path whose tokens are the base model's own argmaxes, plus the bonus argmax
    after it — exactly the greedy tokens, so the output equals ``ar``.
-3. keep the KV of x and the accepted path (:meth:`Engine.keep`); the heads read the
+3. keep the KV of x and the accepted path (:meth:`SingleEngine.keep`); the heads read the
    hidden state of the path's last node for the next step.
 
 Trees (``tree=``): ``default`` is the Medusa repo's default sparse tree for 4 heads
@@ -36,7 +36,7 @@ import torch
 
 from cllm_bench.baselines.ngram_pool import ancestor_mask, tree_accept
 from cllm_bench.decoders.base import Decoder, OutputBuffer
-from cllm_bench.engine import Engine
+from cllm_bench.engines.protocols import SingleEngine
 from cllm_bench.errors import UserError
 from cllm_bench.medusa_heads import CONFIG_FILE, WEIGHTS_FILE, MedusaHeads
 from cllm_bench.model_layout import head_input_size
@@ -124,11 +124,11 @@ def tree_tokens(tree: CandidateTree, head_logits: torch.Tensor) -> list[int]:
     return top[heads, ranks].tolist()
 
 
-def prefill_with_hidden(engine: Engine, prompt_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def prefill_with_hidden(engine: SingleEngine, prompt_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Prefill the prompt; return the last position's logits [V] and final hidden state [H].
 
     Uses ``engine.prefill(..., output_hidden=True)`` when the engine offers it; otherwise an
-    equivalent full-prompt :meth:`Engine.forward` into a fresh cache (which also computes
+    equivalent full-prompt :meth:`SingleEngine.forward` into a fresh cache (which also computes
     logits for every prompt position), firing ``on_prefill_done`` like a prefill does.
     """
     if "output_hidden" in inspect.signature(engine.prefill).parameters:
@@ -143,7 +143,7 @@ def prefill_with_hidden(engine: Engine, prompt_ids: list[int]) -> tuple[torch.Te
 
 
 def verify_tree(
-    engine: Engine, ids: list[int], parents: Sequence[int], depth: Sequence[int] | torch.Tensor,
+    engine: SingleEngine, ids: list[int], parents: Sequence[int], depth: Sequence[int] | torch.Tensor,
     mask: torch.Tensor | None = None,
 ) -> tuple[list[int], list[int], torch.Tensor]:  # fmt: skip
     """Verify a token tree in ONE target forward and keep the accepted path's KV (greedy).
@@ -247,7 +247,7 @@ class MedusaDecoder(Decoder):
             self._heads_for = model
         return self._heads
 
-    def generate(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
+    def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         heads = self.medusa_heads(engine.model)
         tree = build_tree(tree_paths(self.tree, heads.num_heads, self.topk))
         trace = Trace(prompt_len=len(prompt_ids))
@@ -263,7 +263,7 @@ class MedusaDecoder(Decoder):
 
     def step(
         self,
-        engine: Engine,
+        engine: SingleEngine,
         heads: MedusaHeads,
         tree: CandidateTree,
         trace: Trace,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from cllm_bench.baselines.ngram_pool import chain_accept
 from cllm_bench.decoders.base import Decoder, OutputBuffer
-from cllm_bench.engine import Engine
+from cllm_bench.engines.protocols import SingleEngine
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import Trace
 
@@ -84,7 +84,7 @@ class PromptLookupDecoder(Decoder):
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
 
-    def generate(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
+    def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         trace = Trace(prompt_len=len(prompt_ids))
         out = OutputBuffer(max_new_tokens, eos_ids)
         x = int(engine.prefill(prompt_ids).argmax())

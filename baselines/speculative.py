@@ -2,7 +2,7 @@
 
 Split as in vLLM's speculative decoding:
 
-* **proposer** (:func:`propose`): the draft model, with its own :class:`Engine` and KV
+* **proposer** (:func:`propose`): the draft model, with its own :class:`SingleEngine` and KV
   cache, proposes k tokens one forward at a time (greedy, or sampled when temperature > 0);
 * **scorer** (:func:`score`): the target scores ``[x, d_1..d_k]`` in ONE forward (x = the
   last accepted token), giving its prediction after every prefix;
@@ -41,9 +41,10 @@ import torch
 from torch import nn
 
 from cllm_bench.baselines.ngram_pool import chain_accept
-from cllm_bench.batch_engine import BatchEngine, pad_batch
+from cllm_bench.engines.batch import pad_batch
+from cllm_bench.engines.factory import build_companion_engine
 from cllm_bench.decoders.base import Decoder, OutputBuffer, new_outputs
-from cllm_bench.engine import Engine
+from cllm_bench.engines.protocols import BatchedEngine, SingleEngine, is_batched
 from cllm_bench.errors import UserError
 from cllm_bench.model_layout import decoder_blocks
 from cllm_bench.registry import register_decoder
@@ -70,7 +71,7 @@ def truncated_model(model: nn.Module, layers: int) -> nn.Module:
     the path to the list is replaced in the view by a shallow copy (:func:`_module_view`)
     so the original is untouched. The view has its own config (``num_hidden_layers =
     layers``, and ``layer_types`` cut to match), set on every module of the path that holds
-    one, so an :class:`Engine` over it builds a cache of ``layers`` layers, separate from the
+    one, so an engine over it builds a cache of ``layers`` layers, separate from the
     target's. ``layers >= `` the layer count returns ``model`` itself.
     """
     if layers < 1:
@@ -163,35 +164,6 @@ def load_draft(spec: str, target_model: Any, target_tokenizer: Any = None) -> An
     return loaded.model
 
 
-def companion_engine(engine: Engine, model: Any) -> Engine:
-    """An engine for ``model`` of the same kind as ``engine``: a static cache of the same
-    capacity (compiled when ``engine`` is) for a :class:`~cllm_bench.static_engine.StaticEngine`,
-    otherwise the eager dynamic-cache :class:`Engine`. Its cache is independent of ``engine``'s.
-    """
-    from cllm_bench.static_engine import DEFAULT_BUCKETS, StaticEngine
-
-    if isinstance(engine, StaticEngine):
-        return StaticEngine(
-            model,
-            max_cache_len=engine.max_cache_len,
-            compile=engine.compile,
-            buckets=engine.buckets or DEFAULT_BUCKETS,
-            pad_to_buckets=bool(engine.buckets),
-        )
-    return Engine(model)
-
-
-def companion_batch_engine(engine: BatchEngine, model: Any) -> BatchEngine:
-    """A batched engine for ``model`` of the same kind as ``engine`` (static and compiled alike)."""
-    from cllm_bench.static_batch_engine import StaticBatchEngine
-    from cllm_bench.static_engine import DEFAULT_BUCKETS
-
-    if isinstance(engine, StaticBatchEngine):
-        return StaticBatchEngine(model, max_cache_len=engine.max_cache_len, pad_id=engine.pad_id, compile=engine.compile,
-                                 buckets=engine.buckets or DEFAULT_BUCKETS, pad_to_buckets=bool(engine.buckets))  # fmt: skip
-    return BatchEngine(model, pad_id=engine.pad_id)
-
-
 # ------------------------------------------------------------------ proposer / scorer
 def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> tuple[int, torch.Tensor | None]:
     """Greedy (temperature 0) or sampled token from logits [V]; also the distribution when sampling."""
@@ -202,7 +174,7 @@ def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator |
 
 
 def propose(
-    draft: Engine,
+    draft: SingleEngine,
     pending: list[int],
     k: int,
     temperature: float = 0.0,
@@ -228,7 +200,7 @@ def propose(
     return tokens, dists
 
 
-def propose_batch(draft: BatchEngine, pending: list[list[int]], ks: list[int]) -> list[list[int]]:
+def propose_batch(draft: BatchedEngine, pending: list[list[int]], ks: list[int]) -> list[list[int]]:
     """Greedy :func:`propose` for a batch: row b gets ``ks[b]`` draft tokens (0 = the row
     sits out), in ``max(ks)`` batched draft forwards; row b takes part in the first ``ks[b]``.
 
@@ -251,7 +223,7 @@ def propose_batch(draft: BatchEngine, pending: list[list[int]], ks: list[int]) -
     return tokens
 
 
-def score(target: Engine, x: int, draft_tokens: list[int]) -> torch.Tensor:
+def score(target: SingleEngine, x: int, draft_tokens: list[int]) -> torch.Tensor:
     """One target forward over ``[x, d_1..d_k]``; returns logits [k+1, V] (row i follows x, d_1..d_i)."""
     return target.forward(target.ids_tensor([x] + draft_tokens))[0]
 
@@ -326,7 +298,7 @@ class SpeculativeDecoder(Decoder):
         self.supports_batch = self.temperature == 0  # type: ignore[misc]  # the batched path is greedy only
         self._draft_model: Any = None
         self._draft_for: Any = None  # the target model the draft was built for
-        self._draft_engine: Engine | BatchEngine | None = None
+        self._draft_engine: SingleEngine | BatchedEngine | None = None
         self._draft_engine_for: tuple[Any, Any] = (None, None)  # (target engine, draft model)
 
     def prepare(self, target: Any) -> None:
@@ -347,27 +319,27 @@ class SpeculativeDecoder(Decoder):
             self._draft_for = target_model
         return self._draft_model
 
-    def draft_engine(self, engine: Engine) -> Engine:
+    def draft_engine(self, engine: SingleEngine) -> SingleEngine:
         """The draft's engine for target ``engine``: same kind, own cache, reused across calls
         (so a compiled draft forward is compiled once)."""
         model = self.draft_model(engine.model)
         target, built_for = self._draft_engine_for
         if self._draft_engine is None or target is not engine or built_for is not model:
-            self._draft_engine = companion_engine(engine, model)
+            self._draft_engine = build_companion_engine(engine, model)
             self._draft_engine_for = (engine, model)
         return self._draft_engine
 
-    def batch_draft_engine(self, engine: BatchEngine) -> BatchEngine:
+    def batch_draft_engine(self, engine: BatchedEngine) -> BatchedEngine:
         """The draft's batched engine for the target's (own cache, same kind and padding token)."""
         model = self.draft_model(engine.model)
         target, built_for = self._draft_engine_for
-        if not isinstance(self._draft_engine, BatchEngine) or target is not engine or built_for is not model:
-            self._draft_engine = companion_batch_engine(engine, model)
+        if not is_batched(self._draft_engine) or target is not engine or built_for is not model:
+            self._draft_engine = build_companion_engine(engine, model)
             self._draft_engine_for = (engine, model)
         return self._draft_engine
 
     def generate_batch(
-        self, engine: BatchEngine, prompts: list[list[int]], max_new_tokens: int, eos_ids: frozenset[int]
+        self, engine: BatchedEngine, prompts: list[list[int]], max_new_tokens: int, eos_ids: frozenset[int]
     ) -> list[Trace]:
         """Greedy speculative decoding of a batch: every round, each unfinished row proposes
         its own k draft tokens (batched draft forwards), one batched target forward scores
@@ -389,7 +361,7 @@ class SpeculativeDecoder(Decoder):
         return [o.finish(t) for o, t in zip(outs, traces)]
 
     def step_batch(
-        self, target: BatchEngine, draft: BatchEngine, traces: list[Trace], outs: list[OutputBuffer],
+        self, target: BatchedEngine, draft: BatchedEngine, traces: list[Trace], outs: list[OutputBuffer],
         pending: list[list[int]],
     ) -> list[list[int]]:  # fmt: skip
         """:meth:`step` for every unfinished row at once; finished rows sit out (count 0)."""
@@ -420,7 +392,7 @@ class SpeculativeDecoder(Decoder):
         draft.truncate(draft_keep)
         return new_pending
 
-    def generate(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
+    def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         trace = Trace(prompt_len=len(prompt_ids))
         out = OutputBuffer(max_new_tokens, eos_ids)
         draft = self.draft_engine(engine)
@@ -439,8 +411,8 @@ class SpeculativeDecoder(Decoder):
 
     def step(
         self,
-        target: Engine,
-        draft: Engine,
+        target: SingleEngine,
+        draft: SingleEngine,
         trace: Trace,
         out: OutputBuffer,
         pending: list[int],

@@ -38,7 +38,7 @@ Invariants a decoder keeps (``cllm-bench check-decoder`` and the tests verify ea
    number from the trace.
 8. **Batch path (optional).** ``supports_batch = True`` plus
    ``generate_batch(engine, prompts, max_new_tokens, eos_ids) -> list[Trace]`` on a
-   :class:`BatchEngine` (``prefill(prompts)`` -> [B, V]; ``forward(ids [B, k], counts)``
+   :class:`BatchedEngine` (``prefill(prompts)`` -> [B, V]; ``forward(ids [B, k], counts)``
    -> [B, k, V]; ``truncate(lengths)`` = per-row rollback; :func:`new_outputs` makes one
    trace and one buffer per prompt). Each row obeys 1-7 and, when lossless, equals
    ``generate`` on that prompt alone.
@@ -52,9 +52,8 @@ None when not computed). Options arrive as :class:`TaskOptions` in ``self.option
 
 from __future__ import annotations
 
-from cllm_bench.batch_engine import BatchEngine
 from cllm_bench.decoders.base import Decoder, OutputBuffer, build_decoder, new_outputs
-from cllm_bench.engine import Engine
+from cllm_bench.engines import BatchedEngine, BatchEngine, Engine, SingleEngine
 from cllm_bench.errors import DataError, UserError
 from cllm_bench.registry import DECODERS, TASKS, register_decoder, register_task
 from cllm_bench.tasks.base import Sample, Task, TaskOptions, encode_chat, encode_raw
@@ -63,6 +62,7 @@ from cllm_bench.trace import JacobiBlock, Step, Trace, TraceError, check_trace
 
 __all__ = [
     "BatchEngine",
+    "BatchedEngine",
     "DECODERS",
     "TASKS",
     "DataError",
@@ -71,6 +71,7 @@ __all__ = [
     "JacobiBlock",
     "OutputBuffer",
     "Sample",
+    "SingleEngine",
     "Step",
     "Task",
     "TaskOptions",

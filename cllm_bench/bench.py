@@ -25,15 +25,13 @@ from rich.console import Console
 from rich.table import Table
 
 from cllm_bench import metrics
-from cllm_bench.batch_engine import BatchEngine
 from cllm_bench.decoders.base import Decoder, batched_decoder_names, build_decoder
-from cllm_bench.engine import Engine
+from cllm_bench.engines.factory import HEADROOM, build_any_engine, resolve_options
+from cllm_bench.engines.protocols import AnyEngine, EngineOptions, is_batched
 from cllm_bench.errors import UserError
 from cllm_bench.models import DEFAULT_MODEL, LoadedModel, load_model
 from cllm_bench.provenance import now_iso, provenance
 from cllm_bench.results_io import write_json_atomic
-from cllm_bench.static_batch_engine import StaticBatchEngine
-from cllm_bench.static_engine import StaticEngine
 from cllm_bench.timing import synchronize
 
 #: peak HBM bandwidth in bytes/s by device-name fragment (vendor datasheets)
@@ -100,31 +98,6 @@ def bytes_per_forward(model: Any, context_len: float, batch: int = 1) -> float:
     return weights + kv * batch
 
 
-def resolve_engine(cfg: BenchConfig | Any, device: torch.device) -> tuple[str, bool]:
-    """(engine kind, compile) from "auto" settings: static + compiled on CUDA, dynamic eager on CPU.
-
-    The same choice holds at batch > 1, where the engines are the batched ones
-    (:func:`make_engine`).
-    """
-    kind = cfg.engine if cfg.engine != "auto" else ("static" if device.type == "cuda" else "dynamic")
-    comp = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
-    if comp and kind == "dynamic":
-        kind = "static"  # compilation needs the static cache
-    return kind, comp
-
-
-def make_engine(model: Any, kind: str, compile: bool, max_cache_len: int, pad_id: int = 0,
-                batch_size: int = 1) -> Engine | BatchEngine:  # fmt: skip
-    """The engine of ``kind`` ("dynamic" or "static"); a batched one when ``batch_size > 1``."""
-    if batch_size > 1:
-        if kind == "static":
-            return StaticBatchEngine(model, max_cache_len=max_cache_len, pad_id=pad_id, compile=compile)
-        return BatchEngine(model, pad_id=pad_id)
-    if kind == "static":
-        return StaticEngine(model, max_cache_len=max_cache_len, compile=compile)
-    return Engine(model)
-
-
 @dataclass
 class Measurement:
     name: str
@@ -147,19 +120,19 @@ class Measurement:
         return 1000 * self.median_s / self.forwards if self.forwards else float("nan")
 
 
-def measure(name: str, decoder: Decoder, engine: Engine | BatchEngine, prompts: list[list[int]], cfg: BenchConfig,
+def measure(name: str, decoder: Decoder, engine: AnyEngine, prompts: list[list[int]], cfg: BenchConfig,
             eos: frozenset[int]) -> Measurement:  # fmt: skip
     """Warm up (untimed, includes compilation), then time ``repeats`` passes over all prompts."""
     with torch.inference_mode():
         return _measure(name, decoder, engine, prompts, cfg, eos)
 
 
-def _measure(name: str, decoder: Decoder, engine: Engine | BatchEngine, prompts: list[list[int]], cfg: BenchConfig,
+def _measure(name: str, decoder: Decoder, engine: AnyEngine, prompts: list[list[int]], cfg: BenchConfig,
              eos: frozenset[int]) -> Measurement:  # fmt: skip
     def one_pass() -> list[Any]:
-        if isinstance(engine, BatchEngine):  # all prompts in one batch
-            return decoder.generate_batch(engine, prompts, cfg.max_new_tokens, eos)
-        return [decoder.generate(engine, p, cfg.max_new_tokens, eos) for p in prompts]
+        if is_batched(engine):  # all prompts in one batch
+            return decoder.generate_batch(engine, prompts, cfg.max_new_tokens, eos)  # type: ignore[arg-type]
+        return [decoder.generate(engine, p, cfg.max_new_tokens, eos) for p in prompts]  # type: ignore[arg-type]
 
     t0 = time.perf_counter()
     for _ in range(max(cfg.warmup, 0)):
@@ -178,7 +151,7 @@ def _measure(name: str, decoder: Decoder, engine: Engine | BatchEngine, prompts:
             tokens = sum(len(t.tokens) for t in traces)
             per_row = [metrics.target_forwards(t) for t in traces]
             # a batched forward serves every row at once: the batch took as many forwards as its longest row
-            forwards = max(per_row) if isinstance(engine, BatchEngine) else sum(per_row)
+            forwards = max(per_row) if is_batched(engine) else sum(per_row)
     return Measurement(name, tokens, forwards, times, warm, outputs)
 
 
@@ -214,12 +187,13 @@ def measure_all(cfg: BenchConfig, loaded: LoadedModel, console: Console) -> tupl
     tok = loaded.tokenizer
     prompts = bench_prompts(cfg, loaded)
     eos = loaded.eos_ids if cfg.stop_at_eos else frozenset()
-    kind, comp = resolve_engine(cfg, device)
     batch = cfg.batch_size
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    capacity = max(len(p) for p in prompts) + cfg.max_new_tokens + 512
+    capacity = max(len(p) for p in prompts) + cfg.max_new_tokens + HEADROOM
     if batch > 1:  # room for holes between compactions (at most 1.5x the longest row + slack)
-        capacity = 2 * (max(len(p) for p in prompts) + cfg.max_new_tokens) + 512
+        capacity = 2 * (max(len(p) for p in prompts) + cfg.max_new_tokens) + HEADROOM
+    options = resolve_options(cfg.engine, cfg.compile, device, max_cache_len=capacity)
+    kind, comp = options.kind, options.compile
     hf_comp = cfg.hf_compiled == "on" or (cfg.hf_compiled == "auto" and device.type == "cuda")
     plan: list[tuple[str, str, str]] = [("hf eager", "hf", "dynamic")]
     if hf_comp:
@@ -228,13 +202,13 @@ def measure_all(cfg: BenchConfig, loaded: LoadedModel, console: Console) -> tupl
         plan.append((f"{build_decoder(spec).label} ({kind}{'+compile' if comp else ''})", spec, kind))
     results: list[Measurement] = []
     methods: list[str] = []
-    engines: dict[str, Engine | BatchEngine] = {}  # one engine per kind: compiled graphs are reused across decoders
+    engines: dict[str, AnyEngine] = {}  # one engine per kind: compiled graphs are reused across decoders
     for name, spec, engine_kind in plan:
         decoder = build_decoder(spec)
         decoder.prepare(loaded)
         if engine_kind not in engines:
-            engines[engine_kind] = make_engine(loaded.model, engine_kind, comp and engine_kind == "static", capacity,
-                                               pad_id, batch)  # fmt: skip
+            engine_options = options if engine_kind == options.kind else EngineOptions(kind="dynamic")
+            engines[engine_kind] = build_any_engine(loaded.model, engine_options, batch, pad_id)
         engine = engines[engine_kind]
         console.print(f"timing [bold]{name}[/] ..." + (f" (batch {batch})" if batch > 1 else ""))
         results.append(measure(name, decoder, engine, prompts, cfg, eos))

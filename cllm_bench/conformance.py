@@ -175,7 +175,8 @@ def run_battery(spec: str) -> dict[str, CheckRow]:
 
 
 def _run_model(spec: str, model_name: str, model: Any, rows: dict[str, CheckRow]) -> None:
-    from cllm_bench.engine import Engine
+    from cllm_bench.engines.factory import build_engine
+    from cllm_bench.engines.protocols import EngineOptions
     from cllm_bench.models import LoadedModel
 
     decoder = build_decoder(spec)
@@ -187,8 +188,8 @@ def _run_model(spec: str, model_name: str, model: Any, rows: dict[str, CheckRow]
         rows["builds"].record(False, lambda: f"{model_name}: prepare failed: {exception_line(exc)}")
         return
     rows["builds"].record(True, str)
-    cases = build_cases(model_name, model, Engine(model))
-    engine = Engine(model)  # reused across cases, as the runner reuses it
+    cases = build_cases(model_name, model, build_engine(model, EngineOptions()))
+    engine = build_engine(model, EngineOptions())  # reused across cases, as the runner reuses it
     longest = max(c.max_new for c in cases if c.eos == NO_EOS)
     reruns = {max(i for i, c in enumerate(cases) if c.max_new == longest and c.eos == NO_EOS), len(cases) - 1}
     for i, case in enumerate(cases):
@@ -208,16 +209,16 @@ def check_batch(decoder: Decoder, model_name: str, model: Any, cases: list[Case]
     """All battery prompts in one ``generate_batch`` per (budget, EOS set) of the cases."""
     import torch
 
-    from cllm_bench.batch_engine import BatchEngine
-    from cllm_bench.engine import Engine
+    from cllm_bench.engines.factory import build_batch_engine, build_engine
+    from cllm_bench.engines.protocols import EngineOptions
     from cllm_bench.trace import check_trace
 
     if not decoder.supports_batch:
         row.skipped = "no batched path (supports_batch = False)"
         return
     prompts = battery_prompts()
-    ar, ref = build_decoder("ar"), Engine(model)
-    engine = BatchEngine(model)  # reused across batches, as bench reuses it
+    ar, ref = build_decoder("ar"), build_engine(model, EngineOptions())
+    engine = build_batch_engine(model, EngineOptions())  # reused across batches, as bench reuses it
     for max_new, eos in dict.fromkeys((c.max_new, c.eos) for c in cases):
         label = f"{model_name} · batch of {len(prompts)} · max_new={max_new} · " + (
             "no EOS" if eos == NO_EOS else f"EOS={sorted(eos)}")  # fmt: skip

@@ -68,8 +68,11 @@ class ProfileSettings:
 
     @property
     def capacity(self) -> int:
-        """KV positions an engine needs: the longest context, the widest block, the ar loop."""
-        return max(max(self.contexts) + max(self.widths), self.contexts[0] + self.overhead_tokens + 1) + 512
+        """KV positions an engine needs: the longest context, the widest block, the ar loop
+        (+ the engines' headroom)."""
+        from cllm_bench.engines.factory import HEADROOM
+
+        return max(max(self.contexts) + max(self.widths), self.contexts[0] + self.overhead_tokens + 1) + HEADROOM
 
 
 def binary_tree_mask(width: int) -> torch.Tensor:
@@ -116,7 +119,7 @@ def _median_spread(values: Sequence[float]) -> tuple[float, float]:
 
 def measure_grid(engine: Any, vocab: int, batch: int, tree: bool, widths: Sequence[int], settings: ProfileSettings,
                  device: torch.device) -> Grid:  # fmt: skip
-    """One :class:`Grid` on ``engine`` (an :class:`~cllm_bench.engine.Engine`-like engine at
+    """One :class:`Grid` on ``engine`` (an :class:`~cllm_bench.engines.protocols.SingleEngine` engine at
     batch 1, a batched engine otherwise)."""
     ms, spread = [], []
     for context in settings.contexts:
@@ -213,8 +216,8 @@ def run_profile(model_spec: str, drafts: Sequence[str], settings: ProfileSetting
     model spec); each gets batch-1 chain grids and its own step overhead, keyed by the spec.
     ``heads``: Medusa head specs (``random:H`` or a folder), each timed per call.
     """
-    from cllm_bench.baselines.speculative import companion_engine, load_draft
-    from cllm_bench.bench import make_engine, resolve_engine
+    from cllm_bench.baselines.speculative import load_draft
+    from cllm_bench.engines.factory import build_any_engine, build_companion_engine, build_engine, resolve_options
     from cllm_bench.models import check_model_spec, load_model
     from cllm_bench.provenance import provenance
     from cllm_bench.timing_health import HealthMonitor
@@ -224,18 +227,17 @@ def run_profile(model_spec: str, drafts: Sequence[str], settings: ProfileSetting
     loaded = load_model(model_spec, dtype=dtype, device=device)
     health = HealthMonitor()  # the runner's watch: a busy machine makes the table void, and says so
     health.before_timing()
-    kind, comp = resolve_engine(settings, loaded.device)
-    engine_name = kind + ("+compile" if comp else "")
-    capacity = settings.capacity
+    options = resolve_options(settings.engine, settings.compile, loaded.device, max_cache_len=settings.capacity)
+    engine_name = options.kind + ("+compile" if options.compile else "")
     pad_id = getattr(loaded.tokenizer, "pad_token_id", None) or 0
-    engine = make_engine(loaded.model, kind, comp, capacity)
-    batched = lambda b: make_engine(loaded.model, kind, comp, capacity, pad_id=pad_id, batch_size=b)  # noqa: E731
+    engine = build_engine(loaded.model, options)
+    batched = lambda b: build_any_engine(loaded.model, options, b, pad_id)  # noqa: E731
     target = profile_model(model_spec, loaded.model, engine, batched, settings, loaded.device, log)
     health.after_sample()
     draft_costs = {}
     for spec in drafts:
         draft_model = load_draft(spec, loaded.model, loaded.tokenizer)
-        draft_engine = companion_engine(engine, draft_model)
+        draft_engine = build_companion_engine(engine, draft_model)
         draft_costs[spec] = profile_model(spec, draft_model, draft_engine, None, settings, loaded.device, log)
         health.after_sample()
     head_costs = {}

@@ -111,7 +111,7 @@ class EagleHead(nn.Module):
 
     def new_cache(self) -> Any:
         """An empty KV cache for the head's one layer."""
-        from cllm_bench import kv_cache
+        from cllm_bench.engines import kv_cache
 
         return kv_cache.new_dynamic_cache(self.config)
 

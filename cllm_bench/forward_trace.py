@@ -2,7 +2,7 @@
 
 A :class:`~cllm_bench.trace.Trace` records every forward's kind and width (``fed``) but not
 the KV-cache length it ran against. :func:`forward_trace` derives it from the trace alone,
-using the engine invariant (:mod:`cllm_bench.engine`): after a decoder's step the target
+using the engine invariant (:mod:`cllm_bench.engines`): after a decoder's step the target
 cache holds the prompt and the accepted tokens, possibly minus the newest one, which is fed
 at the next step. So, with ``P`` the prompt length and ``A`` the output tokens accepted
 before a step:

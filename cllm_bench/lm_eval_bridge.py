@@ -170,12 +170,12 @@ class CLLMBenchLM(LM):
             )
         from cllm_bench.decoders.base import build_decoder
         from cllm_bench.models import DEFAULT_MODEL, load_model
-        from cllm_bench.runner import EngineFor, RunConfig
+        from cllm_bench.engines.factory import EngineFor, resolve_options
 
         self.loaded = load_model(str(pretrained or DEFAULT_MODEL), dtype=str(dtype), device=str(device or "auto"))
         self.decoder = build_decoder(decoder_spec(decoder))
         self.decoder.prepare(self.loaded)
-        self.engines = EngineFor(self.loaded.model, RunConfig(engine=str(engine), compile=str(compile)))
+        self.engines = EngineFor(self.loaded.model, resolve_options(str(engine), str(compile), self.loaded.device))
         self.max_gen_toks = int(max_gen_toks)
         self.add_bos_token = add_bos_token
         self.stats = GenerationStats()

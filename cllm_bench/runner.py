@@ -44,7 +44,8 @@ from cllm_bench import metrics
 from cllm_bench.acceptance import AcceptanceCounts, acceptance_counts, acceptance_summary, counts_from_dict
 from cllm_bench.by_category import category_results
 from cllm_bench.decoders.base import Decoder, build_decoder
-from cllm_bench.engine import Engine
+from cllm_bench.engines.factory import EngineFor, build_engine, resolve_options
+from cllm_bench.engines.protocols import EngineOptions, SingleEngine
 from cllm_bench.errors import UserError
 from cllm_bench.forward_trace import forward_trace
 from cllm_bench.models import DEFAULT_MODEL, LoadedModel, check_model_spec, load_model
@@ -189,7 +190,7 @@ class TimedGeneration:
 
 
 def timed_generate(
-    decoder: Decoder, engine: Engine, prompt: list[int], max_new: int, eos: frozenset[int], repeats: int
+    decoder: Decoder, engine: SingleEngine, prompt: list[int], max_new: int, eos: frozenset[int], repeats: int
 ) -> TimedGeneration:
     """Generate ``repeats`` times; keep the first trace and every timing."""
     watch = Stopwatch(engine.device)
@@ -390,9 +391,9 @@ class Judge:
             ids = encode_chat(loaded.tokenizer, messages)
         else:
             ids = list(loaded.tokenizer("\n\n".join(m["content"] for m in messages))["input_ids"])
+        engine = build_engine(loaded.model, EngineOptions())  # the judge: eager, dynamic cache
         with torch.inference_mode():
-            trace = build_decoder("ar").generate(Engine(loaded.model), ids, self.config.judge_max_new_tokens,
-                                                 loaded.eos_ids)  # fmt: skip
+            trace = build_decoder("ar").generate(engine, ids, self.config.judge_max_new_tokens, loaded.eos_ids)
         return loaded.tokenizer.decode(trace.tokens, skip_special_tokens=True)
 
 
@@ -460,7 +461,8 @@ def _run_locked(config: RunConfig, console: Console, group: ProcessGroup, out: P
             device = loaded.device
             for decoder in decoders:  # a head or draft that does not fit fails before any cell
                 decoder.validate_target(loaded)
-            engine = EngineFor(loaded.model, config)  # shared by all cells: compiled graphs are reused
+            # shared by all cells: compiled graphs are reused
+            engine = EngineFor(loaded.model, resolve_options(config.engine, config.compile, loaded.device))
             health.before_timing()
             warn_timing_health(health, progress_console)
             for task_name, task in tasks.items():
@@ -560,33 +562,6 @@ def _progress(console: Console) -> Progress:
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
     )  # fmt: skip
-
-
-class EngineFor:
-    """The engine a run uses for one model x decoder, grown when a prompt needs more room.
-
-    auto: static cache + torch.compile on CUDA (the fast path), the eager dynamic-cache
-    engine on CPU (the reference path).
-    """
-
-    HEADROOM = 512  # widest block a decoder feeds beyond prompt + budget, plus bucket padding
-
-    def __init__(self, model: Any, config: RunConfig) -> None:
-        from cllm_bench.bench import resolve_engine
-
-        self.model = model
-        self.kind, self.compile = resolve_engine(config, next(model.parameters()).device)
-        self.engine: Engine | None = None
-        self.capacity = 0
-
-    def fit(self, needed: int) -> Engine:
-        """An engine with room for ``needed`` positions (+ headroom)."""
-        if self.engine is None or (self.kind == "static" and needed + self.HEADROOM > self.capacity):
-            from cllm_bench.bench import make_engine
-
-            self.capacity = max(2 * self.capacity, needed + self.HEADROOM, 1024)
-            self.engine = make_engine(self.model, self.kind, self.compile, self.capacity)
-        return self.engine
 
 
 def _run_cell(

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from cllm_bench.bench import make_engine
 from cllm_bench.decoders.base import build_decoder
+from cllm_bench.engines.factory import build_engine, resolve_options
 from cllm_bench.models import load_model
 from cllm_bench.timing import synchronize
 
@@ -50,7 +50,7 @@ def main() -> None:
     widths = [int(w) for w in args.widths.split(",")]
     for name in args.engines.split(","):
         kind, comp = name.split("+")[0], name.endswith("+compile")
-        engine = make_engine(loaded.model, kind, comp, 1024)
+        engine = build_engine(loaded.model, resolve_options(kind, "on" if comp else "off", loaded.device, 1024))
         costs = {w: time_forwards(engine, w, prompt, args.calls) * 1000 for w in widths}
         dec = build_decoder("ar")
         dec.generate(engine, prompt, 16, frozenset())

@@ -18,7 +18,7 @@ split coarsely: the assistant's drafting (``get_candidates``, i.e. one assistant
 ``generate()`` per round with its own setup), cache crops, and the rest (target forwards +
 transformers' loop).
 
-The target runs on :class:`ProfiledTargetEngine`, an :class:`~cllm_bench.engine.Engine`
+The target runs on :class:`ProfiledTargetEngine`, an :class:`~cllm_bench.engines.dynamic.Engine`
 subclass whose ``prefill``/``forward``/``rollback`` are its own (delegating) methods, so
 the profile tells the target's calls from the draft's (the draft engine is a plain
 ``Engine`` built by the decoder itself). Nothing in the decoder or in transformers is
@@ -47,7 +47,7 @@ from typing import Any
 import torch
 
 from cllm_bench.decoders.base import build_decoder
-from cllm_bench.engine import Engine
+from cllm_bench.engines import Engine
 from cllm_bench.models import load_model
 
 FuncKey = tuple[str, int, str]
@@ -135,12 +135,12 @@ def entry(stats: dict[FuncKey, Any], keys: list[FuncKey], caller: tuple[str, str
 def split(stats: dict[FuncKey, Any], total_s: float) -> list[tuple[str, Entry]]:
     """The buckets of the module docstring, from a profile of ``SpeculativeDecoder.generate``."""
     target_prefill = entry(stats, find(stats, "prefill", "profile_speculative"))
-    all_prefill = entry(stats, find(stats, "prefill", "cllm_bench/engine.py"))
+    all_prefill = entry(stats, find(stats, "prefill", "cllm_bench/engines/dynamic.py"))
     target_fwd = entry(stats, find(stats, "forward", "profile_speculative"))
-    all_fwd = entry(stats, find(stats, "forward", "cllm_bench/engine.py"))  # target (via super) + draft
+    all_fwd = entry(stats, find(stats, "forward", "cllm_bench/engines/dynamic.py"))  # target (via super) + draft
     draft_fwd = Entry(all_fwd.calls - target_fwd.calls, 0.0, all_fwd.cum_s - target_fwd.cum_s)
     target_rb = entry(stats, find(stats, "rollback", "profile_speculative"))
-    draft_rb = entry(stats, find(stats, "rollback", "cllm_bench/engine.py"), caller=("speculative.py", "step"))
+    draft_rb = entry(stats, find(stats, "rollback", "cllm_bench/engines/dynamic.py"), caller=("speculative.py", "step"))
     draft_prefill = Entry(all_prefill.calls - target_prefill.calls, 0.0, all_prefill.cum_s - target_prefill.cum_s)
     parts = [
         ("target prefill", target_prefill),

@@ -14,7 +14,7 @@ from cllm_bench.acceptance import (
     trace_acceptance,
 )
 from cllm_bench.decoders.base import build_decoder
-from cllm_bench.engine import Engine
+from cllm_bench.engines import Engine
 from cllm_bench.trace import Step, Trace
 from conftest import prompts
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from cllm_bench.baselines.medusa import prefill_with_hidden
 from cllm_bench.baselines.speculative import truncated_model
-from cllm_bench.engine import Engine
+from cllm_bench.engines import Engine
 from cllm_bench.errors import UserError
 from cllm_bench.model_layout import decoder_blocks, head_input_size
 from conftest import VOCAB, prompts, tiny_llama

@@ -16,7 +16,7 @@ import torch
 from cllm_bench import metrics
 from cllm_bench.baselines.ngram_pool import NGramPool, ancestor_mask, chain_accept, tree_accept
 from cllm_bench.decoders.base import build_decoder
-from cllm_bench.engine import Engine
+from cllm_bench.engines import Engine
 from cllm_bench.errors import UserError
 from cllm_bench.trace import check_trace
 from conftest import prompts
@@ -327,7 +327,7 @@ def test_installable_pair_is_described():
 
 @pytest.mark.parametrize("spec", ["medusa:heads=random:2", "cllm:n=6,lookahead=true", "lookahead:w=3,n=4", "prompt_lookup"])
 def test_static_engine_gives_the_same_tokens(llama64, spec):
-    from cllm_bench.static_engine import StaticEngine
+    from cllm_bench.engines.static import StaticEngine
 
     for prompt in prompts(2, seed=17):
         engine = StaticEngine(llama64, max_cache_len=len(prompt) + 25 + 128, pad_to_buckets=True)

@@ -10,12 +10,12 @@ import random
 import pytest
 import torch
 
-from cllm_bench.batch_engine import BatchEngine, pad_batch
+from cllm_bench.engines.batch import BatchEngine, pad_batch
 from cllm_bench.cli import main
 from cllm_bench.decoders.base import build_decoder
-from cllm_bench.engine import Engine
+from cllm_bench.engines import Engine
 from cllm_bench.errors import UserError
-from cllm_bench.static_batch_engine import StaticBatchEngine
+from cllm_bench.engines.static_batch import StaticBatchEngine
 from cllm_bench.trace import check_trace
 
 from conftest import prompts, tiny_llama

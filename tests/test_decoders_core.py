@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cllm_bench.decoders.base import build_decoder
-from cllm_bench.engine import Engine
+from cllm_bench.engines import Engine
 from cllm_bench.trace import check_trace
 from conftest import prompts, tiny_llama
 

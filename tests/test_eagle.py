@@ -13,10 +13,10 @@ from cllm_bench.baselines.eagle import EAGLE1_TREE, EagleDecoder, FeatureDrafter
 from cllm_bench.conformance import check_decoder
 from cllm_bench.decoders.base import build_decoder
 from cllm_bench.eagle_head import EagleHead, head_config, load_eagle_head
-from cllm_bench.engine import Engine
+from cllm_bench.engines import Engine
 from cllm_bench.errors import UserError
 from cllm_bench.models import load_model, wrap_model
-from cllm_bench.static_engine import StaticEngine
+from cllm_bench.engines.static import StaticEngine
 from cllm_bench.trainers import cli
 from conftest import prompts, tiny_llama, tiny_qwen2
 from test_baselines import NO_EOS, cyclic_model, eos_mid_output, run

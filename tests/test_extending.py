@@ -18,7 +18,7 @@ from rich.console import Console
 
 from cllm_bench.conformance import check_decoder
 from cllm_bench.decoders.base import build_decoder
-from cllm_bench.engine import Engine
+from cllm_bench.engines import Engine
 from cllm_bench.errors import DataError, UserError
 from cllm_bench.plugins import load_plugins
 from cllm_bench.registry import DECODERS, TASKS

@@ -12,9 +12,9 @@ import torch
 
 from cllm_bench import metrics
 from cllm_bench.baselines.hf_generate import HFGenerateDecoder
-from cllm_bench.batch_engine import BatchEngine
+from cllm_bench.engines.batch import BatchEngine
 from cllm_bench.decoders.base import build_decoder
-from cllm_bench.engine import Engine
+from cllm_bench.engines import Engine
 from cllm_bench.errors import UserError
 from cllm_bench.models import wrap_model
 from cllm_bench.peers import method_of, pair_labels, peer_rows

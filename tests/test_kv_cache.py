@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cllm_bench import kv_cache
-from cllm_bench.engine import Engine
+from cllm_bench.engines import kv_cache
+from cllm_bench.engines import Engine
 from conftest import prompts
 
 
@@ -91,9 +91,9 @@ def test_engine_forwards_raise_no_deprecation_warning(llama64, kind):
     no FutureWarning/DeprecationWarning from a prefill, a block and a tree forward."""
     import warnings
 
-    from cllm_bench.batch_engine import BatchEngine
-    from cllm_bench.static_batch_engine import StaticBatchEngine
-    from cllm_bench.static_engine import StaticEngine
+    from cllm_bench.engines.batch import BatchEngine
+    from cllm_bench.engines.static_batch import StaticBatchEngine
+    from cllm_bench.engines.static import StaticEngine
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

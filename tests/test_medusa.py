@@ -13,7 +13,7 @@ from cllm_bench.baselines.medusa import (
     tree_paths,
 )
 from cllm_bench.decoders.base import build_decoder
-from cllm_bench.engine import Engine
+from cllm_bench.engines import Engine
 from cllm_bench.errors import UserError
 from cllm_bench.medusa_heads import MedusaHeads
 from conftest import prompts

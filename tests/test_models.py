@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cllm_bench.decoders.base import build_decoder
-from cllm_bench.engine import Engine
+from cllm_bench.engines import Engine
 from cllm_bench.errors import UserError
 from cllm_bench.models import load_model, resolve_source
 

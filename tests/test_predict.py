@@ -12,7 +12,7 @@ from cllm_bench.cli import main
 from cllm_bench.cost_profile import binary_tree_mask
 from cllm_bench.cost_table import FORMAT, CostTable, Grid, HeadCost, ModelCosts, interpolate, load_cost_table
 from cllm_bench.decoders.base import build_decoder
-from cllm_bench.engine import Engine
+from cllm_bench.engines import Engine
 from cllm_bench.forward_trace import forward_trace, steps_with_context
 from cllm_bench.predict import predict_run, sample_cost
 from cllm_bench.trace import Trace

@@ -7,7 +7,7 @@ import torch
 
 from cllm_bench.baselines.speculative import SpeculativeDecoder, sample_accept, truncated_model
 from cllm_bench.decoders.base import build_decoder
-from cllm_bench.engine import Engine
+from cllm_bench.engines import Engine
 from cllm_bench.errors import UserError
 from cllm_bench.models import wrap_model
 from conftest import VOCAB, prompts, tiny_llama
@@ -173,7 +173,7 @@ def test_speculative_sampling_matches_target_sampling():
 
 
 def test_static_engine_gets_a_static_draft_engine(llama64):
-    from cllm_bench.static_engine import StaticEngine
+    from cllm_bench.engines.static import StaticEngine
 
     prompt = prompts(1, seed=4)[0]
     dec = build_decoder("speculative:draft=self:layers=1,k=3")

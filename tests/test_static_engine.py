@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from cllm_bench.decoders.base import build_decoder
-from cllm_bench.engine import Engine
+from cllm_bench.engines import Engine
 from cllm_bench.registry import DECODERS
-from cllm_bench.static_engine import StaticEngine, bucket_size
+from cllm_bench.engines.static import StaticEngine, bucket_size
 from cllm_bench.trace import check_trace
 from conftest import prompts, tiny_llama
 

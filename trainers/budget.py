@@ -90,7 +90,7 @@ def measure_rates(model_spec: str, prompts: list[list[int]], *, n: int, max_new_
 
     from cllm_bench.decoders.ar import ARDecoder
     from cllm_bench.decoders.jacobi import JacobiDecoder
-    from cllm_bench.engine import Engine
+    from cllm_bench.engines import Engine
     from cllm_bench.models import load_model
     from cllm_bench.trainers.cllm_packed import PackedDataset, PromptTrajectories, make_packed_step
     from cllm_bench.trainers.trajectories import collect_packed

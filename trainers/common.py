@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from cllm_bench.batch_engine import pad_batch
+from cllm_bench.engines.batch import pad_batch
 from cllm_bench.errors import DataError, UserError
 
 SOURCE_NAMES = ("gsm8k", "spider", "humaneval-style", "mt-bench-style")
@@ -772,7 +772,7 @@ def settings_summary(settings: TrainSettings, acc: Any, progress: TrainProgress)
 def greedy_answers(model: Any, prompts: Sequence[list[int]], max_new_tokens: int, eos_ids: frozenset[int]) -> list[list[int]]:
     """The model's greedy continuation of each prompt (cllm-bench's ``ar`` decoder)."""
     from cllm_bench.decoders.ar import ARDecoder
-    from cllm_bench.engine import Engine
+    from cllm_bench.engines import Engine
 
     engine = Engine(model)
     decoder = ARDecoder()

@@ -44,7 +44,7 @@ def measure_set(model: Any, cset: CurveSet, *, n: int, max_new_tokens: int, eos_
                 task: Any = None, tokenizer: Any = None) -> dict[str, Any]:  # fmt: skip
     """Jacobi-decode every prompt of ``cset`` with ``model`` (left in eval mode) and summarise."""
     from cllm_bench.decoders.jacobi import JacobiDecoder
-    from cllm_bench.engine import Engine
+    from cllm_bench.engines import Engine
 
     engine = Engine(model)
     decoder = JacobiDecoder(n=n)

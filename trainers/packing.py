@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import torch
 
-from cllm_bench import kv_cache
+from cllm_bench.engines import kv_cache
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,8 @@ import torch
 
 from cllm_bench.decoders.base import OutputBuffer
 from cllm_bench.decoders.jacobi import INIT_CHOICES, JacobiDecoder, first_mismatch, initial_guess
-from cllm_bench.batch_engine import BatchEngine
-from cllm_bench.engine import Engine
+from cllm_bench.engines.batch import BatchEngine
+from cllm_bench.engines import Engine
 from cllm_bench.errors import UserError
 from cllm_bench.trainers import common
 

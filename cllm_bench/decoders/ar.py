@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
-from cllm_bench.batch_engine import BatchEngine
 from cllm_bench.decoders.base import Decoder, OutputBuffer, new_outputs
-from cllm_bench.engine import Engine
+from cllm_bench.engines.protocols import BatchedEngine, SingleEngine
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import Trace
 
@@ -22,7 +21,7 @@ class ARDecoder(Decoder):
     description = "greedy autoregressive decoding with KV cache (the baseline)"
     supports_batch = True
 
-    def generate(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
+    def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         trace = Trace(prompt_len=len(prompt_ids))
         out = OutputBuffer(max_new_tokens, eos_ids)
         token = int(engine.prefill(prompt_ids).argmax())
@@ -36,7 +35,7 @@ class ARDecoder(Decoder):
         return out.finish(trace)
 
     def generate_batch(
-        self, engine: BatchEngine, prompts: list[list[int]], max_new_tokens: int, eos_ids: frozenset[int]
+        self, engine: BatchedEngine, prompts: list[list[int]], max_new_tokens: int, eos_ids: frozenset[int]
     ) -> list[Trace]:
         """All rows advance one token per batched forward; a finished row feeds padding
         (``counts[b] = 0``) until every row is done. One device->host copy per step."""

@@ -9,7 +9,7 @@ Decoders that can decode several prompts at once also implement::
 
     generate_batch(batch_engine, prompts, max_new_tokens, eos_ids) -> list[Trace]
 
-on a :class:`~cllm_bench.batch_engine.BatchEngine` (left padding, per-row acceptance);
+on a :class:`~cllm_bench.engines.protocols.BatchedEngine` (left padding, per-row acceptance);
 each row's trace follows the same rules and, for greedy decoders, the same tokens as
 ``generate`` on that prompt alone (``supports_batch = True`` marks them).
 
@@ -28,10 +28,13 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Iterable
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable
 
 from cllm_bench.errors import UserError
 from cllm_bench.trace import Trace
+
+if TYPE_CHECKING:  # the protocols import torch; the registry and `cllm-bench list` need not
+    from cllm_bench.engines.protocols import BatchedEngine, SingleEngine
 
 
 class OutputBuffer:
@@ -109,13 +112,15 @@ class Decoder(ABC):
         """
 
     @abstractmethod
-    def generate(self, engine: Any, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
+    def generate(
+        self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]
+    ) -> Trace:
         """Decode greedily after ``prompt_ids``; see the module docstring for the rules."""
 
     def generate_batch(
-        self, engine: Any, prompts: list[list[int]], max_new_tokens: int, eos_ids: frozenset[int]
+        self, engine: BatchedEngine, prompts: list[list[int]], max_new_tokens: int, eos_ids: frozenset[int]
     ) -> list[Trace]:
-        """Decode all ``prompts`` together on a :class:`~cllm_bench.batch_engine.BatchEngine`;
+        """Decode all ``prompts`` together on a :class:`~cllm_bench.engines.protocols.BatchedEngine`;
         one trace per prompt, in order."""
         raise UserError(
             f"decoder {self.label!r} has no batched path (batch size > 1); decoders that have one: "

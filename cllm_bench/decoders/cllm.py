@@ -21,7 +21,7 @@ contains code combining them; shared/REFERENCE_IMPLEMENTATIONS.md §A.8):
   candidate path verifies ``block[:f+1] + c[:h]``. When a candidate verifies more
   positions (f+1+h > m), it wins: the block's state becomes ``block[:f+1] + c[:h] +
   [bonus] + the Jacobi proposal for the remaining positions`` and the KV of the accepted
-  candidate tokens is kept (:meth:`Engine.keep`); otherwise the iteration is plain Jacobi.
+  candidate tokens is kept (:meth:`SingleEngine.keep`); otherwise the iteration is plain Jacobi.
 
 Fast-forward/stationary: a pool hit is just an iteration whose new state has a longer
 correct prefix, so the block trajectory (``Trace.blocks``) stays a sequence of full block
@@ -42,7 +42,7 @@ import torch
 from cllm_bench.baselines.ngram_pool import NGramPool
 from cllm_bench.decoders.base import OutputBuffer
 from cllm_bench.decoders.jacobi import JacobiDecoder, first_mismatch, initial_guess
-from cllm_bench.engine import Engine
+from cllm_bench.engines.protocols import SingleEngine
 from cllm_bench.errors import UserError
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import JacobiBlock, Trace
@@ -131,7 +131,7 @@ class CLLMDecoder(JacobiDecoder):
             raise UserError(f"{self.label}: the n-gram pool branch has no batched path; use cllm:lookahead=false at batch size > 1")
         return super().generate_batch(engine, prompts, max_new_tokens, eos_ids)
 
-    def generate(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
+    def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         if not self.lookahead:
             return super().generate(engine, prompt_ids, max_new_tokens, eos_ids)
         trace = Trace(prompt_len=len(prompt_ids))
@@ -148,7 +148,7 @@ class CLLMDecoder(JacobiDecoder):
 
     def decode_block_with_pool(
         self,
-        engine: Engine,
+        engine: SingleEngine,
         trace: Trace,
         out: OutputBuffer,
         first: int,

@@ -31,9 +31,9 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from cllm_bench.batch_engine import BatchEngine, pad_batch
+from cllm_bench.engines.batch import pad_batch
 from cllm_bench.decoders.base import Decoder, OutputBuffer, new_outputs
-from cllm_bench.engine import Engine
+from cllm_bench.engines.protocols import BatchedEngine, SingleEngine
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import JacobiBlock, Trace
 
@@ -137,7 +137,7 @@ class JacobiDecoder(Decoder):
         if self.init not in INIT_CHOICES:
             raise ValueError(f"init must be one of {INIT_CHOICES}, got {self.init!r}")
 
-    def generate(self, engine: Engine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
+    def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         trace = Trace(prompt_len=len(prompt_ids))
         out = OutputBuffer(max_new_tokens, eos_ids)
         rng = random.Random(self.seed)
@@ -158,7 +158,7 @@ class JacobiDecoder(Decoder):
 
     def decode_block(
         self,
-        engine: Engine,
+        engine: SingleEngine,
         trace: Trace,
         out: OutputBuffer,
         first: int,
@@ -185,7 +185,7 @@ class JacobiDecoder(Decoder):
         return next_first
 
     def generate_batch(
-        self, engine: BatchEngine, prompts: list[list[int]], max_new_tokens: int, eos_ids: frozenset[int]
+        self, engine: BatchedEngine, prompts: list[list[int]], max_new_tokens: int, eos_ids: frozenset[int]
     ) -> list[Trace]:
         """Every unfinished row runs its own block; one batched forward carries each row's
         not-yet-cached suffix (right-padded to the longest), then each row keeps its own

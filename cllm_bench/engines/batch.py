@@ -22,25 +22,26 @@ and the real tokens before it in its block, nothing else. Rotary positions come 
 row, :meth:`compact` gathers every row's valid entries to the right end of a narrower
 cache (one gather per layer, amortised over many steps).
 
-Invariant (the same as :class:`~cllm_bench.engine.Engine`'s, per row): after a decoder's
+Invariant (the same as :class:`~cllm_bench.engines.dynamic.Engine`'s, per row): after a decoder's
 step, row b's valid entries are exactly the KV of its accepted text (possibly minus the
 newest token), at positions ``0 .. lengths[b] - 1``.
 
 This is the eager, dynamic-cache reference path;
-:class:`~cllm_bench.static_batch_engine.StaticBatchEngine` is the same contract on a
+:class:`~cllm_bench.engines.static_batch.StaticBatchEngine` is the same contract on a
 preallocated, compilable cache (``bench --batch-size`` uses it on CUDA). ``forwards``
 counts batched forwards.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from transformers import PreTrainedModel
 
-from cllm_bench import kv_cache
-from cllm_bench.models import ModelPlacement
+from cllm_bench.engines import kv_cache
+from cllm_bench.engines.base import EngineCore
+from cllm_bench.engines.protocols import EngineOptions
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,13 +62,16 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool = False) ->
     return ids, mask
 
 
-class BatchEngine(ModelPlacement):
-    """Eager engine over a dynamic cache holding B rows of different lengths (see module doc).
+class BatchEngine(EngineCore):
+    """Eager engine over a dynamic cache holding B rows of different lengths (see module doc);
+    a :class:`~cllm_bench.engines.protocols.BatchedEngine`.
 
     model: a causal LM, put in eval mode. pad_id: token fed in padded columns (never seen
     by a real token). compact_slack: compact when the cache is wider than
     ``1.5 * max(lengths) + compact_slack`` columns.
     """
+
+    batched: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -76,13 +80,10 @@ class BatchEngine(ModelPlacement):
         on_prefill_done: Callable[[], None] | None = None,
         compact_slack: int = 32,
     ) -> None:
-        self.model = model.eval()
-        self.config = model.config
+        super().__init__(model, on_prefill_done)
         self.pad_id = pad_id
-        self.on_prefill_done = on_prefill_done
         self.compact_slack = compact_slack
-        self.forwards = 0
-        self._cache_keyword = kv_cache.cache_keyword(model)  # read once: "cache" or "past_key_values"
+        self.options = EngineOptions(kind="dynamic")
         self.reset()
 
     # -- properties ------------------------------------------------------------------
@@ -94,10 +95,6 @@ class BatchEngine(ModelPlacement):
     def width(self) -> int:
         """Columns currently in the cache (valid entries and holes)."""
         return int(self.valid.shape[1])
-
-    def _cache_kwarg(self) -> dict[str, object]:
-        """``{keyword: cache}`` for a forward call, under the name this transformers expects."""
-        return {self._cache_keyword: self._cache}
 
     # -- lifecycle -------------------------------------------------------------------
     def reset(self) -> None:
@@ -124,8 +121,7 @@ class BatchEngine(ModelPlacement):
         self.pos = torch.zeros(len(prompts), 0, dtype=torch.long, device=self.device)
         self.lengths = torch.zeros(len(prompts), dtype=torch.long, device=self.device)
         logits = self._run(ids, real, positions, logits_to_keep=1)
-        if self.on_prefill_done is not None:
-            self.on_prefill_done()
+        self._signal_prefill()
         return logits[:, -1]
 
     @torch.inference_mode()

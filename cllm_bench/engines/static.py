@@ -1,6 +1,7 @@
 """The fast engine path: a preallocated (static) KV cache, optionally ``torch.compile``d.
 
-Same interface and invariants as :class:`~cllm_bench.engine.Engine`, so every decoder runs
+Same protocol (:class:`~cllm_bench.engines.protocols.SingleEngine`) and invariants as
+:class:`~cllm_bench.engines.dynamic.Engine`, so every decoder runs
 on it unchanged; ``tests/test_static_engine.py`` checks that every decoder produces the
 same tokens on both paths.
 
@@ -18,13 +19,14 @@ same tokens on both paths.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from transformers import PreTrainedModel
 
-from cllm_bench import kv_cache
-from cllm_bench.engine import Engine
+from cllm_bench.engines import kv_cache
+from cllm_bench.engines.base import EngineCore
+from cllm_bench.engines.protocols import EngineOptions
 
 DEFAULT_BUCKETS = (1, 8, 16, 32, 64, 128, 256)  # few shapes = few compiled graphs; padding is ~free on GPU
 
@@ -52,12 +54,14 @@ def compiled_decode(forward: Callable[..., torch.Tensor], compile: bool, mode: s
     return torch.compile(forward, mode=mode, fullgraph=True, dynamic=False)
 
 
-class StaticEngine(Engine):
-    """Engine over a static cache; see the module docstring.
+class StaticEngine(EngineCore):
+    """A :class:`~cllm_bench.engines.protocols.SingleEngine` over a static cache; see the module docstring.
 
     max_cache_len: capacity in positions (prompt + generated + the widest block + padding).
     compile: compile the decode forward; mode: the ``torch.compile`` mode.
     """
+
+    batched: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -69,24 +73,25 @@ class StaticEngine(Engine):
         pad_to_buckets: bool | None = None,
         on_prefill_done: Callable[[], None] | None = None,
     ) -> None:
+        super().__init__(model, on_prefill_done)
         self.max_cache_len = max_cache_len
         self.compile = compile
         self.buckets = buckets if (compile if pad_to_buckets is None else pad_to_buckets) else ()
+        self.options = EngineOptions(kind="static", compile=compile, max_cache_len=max_cache_len, mode=mode,
+                                     buckets=self.buckets)  # fmt: skip
+        self._cache = kv_cache.new_static_cache(self.config, max_cache_len)
         self._length = 0
-        super().__init__(model, on_prefill_done)
         self._columns = torch.arange(max_cache_len, device=self.device)
         self._length_t = torch.zeros((), dtype=torch.long, device=self.device)  # == self._length, on device
         self._causal: dict[int, torch.Tensor] = {}
         self._decode_forward = compiled_decode(self._forward_logits, compile, mode)
+        self.reset()
 
     # -- state -----------------------------------------------------------------------
     @torch.inference_mode()
     def reset(self) -> None:
-        if getattr(self, "_cache", None) is None:
-            self._cache = kv_cache.new_static_cache(self.config, self.max_cache_len)
-        if hasattr(self, "_length_t"):
-            self._set_length(0)
-        self._length = 0
+        """Empty the cache (a length update: the buffers are reused), ``forwards`` to 0."""
+        self._set_length(0)
         self.forwards = 0
 
     @property

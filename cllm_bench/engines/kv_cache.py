@@ -109,7 +109,7 @@ def static_keep_positions(cache, start: int, offsets: torch.Tensor) -> None:
 def gather_columns(cache: DynamicCache, index: torch.Tensor) -> None:
     """Row b of every layer keeps columns ``index[b]`` (in that order); ``index``: [B, W] long.
 
-    Used by :class:`~cllm_bench.batch_engine.BatchEngine` to squeeze holes out of a
+    Used by :class:`~cllm_bench.engines.batch.BatchEngine` to squeeze holes out of a
     batched cache whose rows hold different numbers of valid entries.
     """
     for layer in cache.layers:

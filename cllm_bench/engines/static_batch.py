@@ -1,7 +1,7 @@
 """The fast path for batch > 1: :class:`BatchEngine`'s contract on a preallocated cache,
 optionally ``torch.compile``d (CUDA graphs on GPU).
 
-Same semantics as :class:`~cllm_bench.batch_engine.BatchEngine` (per-row lengths, holes
+Same semantics as :class:`~cllm_bench.engines.batch.BatchEngine` (per-row lengths, holes
 for rejected entries, compaction), so every batched decoder runs on it unchanged;
 ``tests/test_batch.py`` checks the tokens against the eager engine.
 
@@ -18,23 +18,29 @@ for rejected entries, compaction), so every batched decoder runs on it unchanged
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, ClassVar, Sequence
 
 import torch
 from transformers import PreTrainedModel
 
-from cllm_bench import kv_cache
-from cllm_bench.batch_engine import BatchEngine, pad_batch
-from cllm_bench.static_engine import DEFAULT_BUCKETS, bucket_size, compiled_decode
+from cllm_bench.engines import kv_cache
+from cllm_bench.engines.base import EngineCore
+from cllm_bench.engines.batch import pad_batch
+from cllm_bench.engines.protocols import EngineOptions
+from cllm_bench.engines.static import DEFAULT_BUCKETS, bucket_size, compiled_decode
 
 
-class StaticBatchEngine(BatchEngine):
-    """:class:`BatchEngine` over a static cache; see the module docstring.
+class StaticBatchEngine(EngineCore):
+    """:class:`~cllm_bench.engines.batch.BatchEngine`'s contract (a
+    :class:`~cllm_bench.engines.protocols.BatchedEngine`) over a static cache; see the
+    module docstring.
 
     max_cache_len: columns per row (prompt width + generated + holes + the widest block).
     compile: compile the decode forward (``mode``, default "reduce-overhead").
     pad_to_buckets: pad blocks to ``buckets`` sizes (default: when compiled).
     """
+
+    batched: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -48,18 +54,28 @@ class StaticBatchEngine(BatchEngine):
         on_prefill_done: Callable[[], None] | None = None,
         compact_slack: int = 32,
     ) -> None:
+        super().__init__(model, on_prefill_done)
+        self.pad_id = pad_id
+        self.compact_slack = compact_slack
         self.max_cache_len = max_cache_len
         self.compile = compile
         self.buckets = buckets if (compile if pad_to_buckets is None else pad_to_buckets) else ()
+        self.options = EngineOptions(kind="static", compile=compile, max_cache_len=max_cache_len, mode=mode,
+                                     buckets=self.buckets)  # fmt: skip
         self._width = 0
         self._rows = -1  # batch size the cache is laid out for
-        super().__init__(model, pad_id=pad_id, on_prefill_done=on_prefill_done, compact_slack=compact_slack)
         self._columns = torch.arange(max_cache_len, device=self.device)
         self._decode_forward = compiled_decode(self._forward_logits, compile, mode)
+        self.reset()
 
     # -- state -----------------------------------------------------------------------
     @property
+    def batch_size(self) -> int:
+        return int(self.lengths.shape[0])
+
+    @property
     def width(self) -> int:
+        """Columns in use (valid entries and holes) up to the shared write column."""
         return self._width
 
     @torch.inference_mode()
@@ -130,8 +146,7 @@ class StaticBatchEngine(BatchEngine):
         out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask,
                          **self._cache_kwarg(), use_cache=True, logits_to_keep=1)  # fmt: skip
         self._commit_block(real, positions, width, cache_in_sync=True)
-        if self.on_prefill_done is not None:
-            self.on_prefill_done()
+        self._signal_prefill()
         return out.logits[:, -1]
 
     @torch.inference_mode()

@@ -1,6 +1,7 @@
 """The model runner: owns a causal LM and its KV cache.
 
-Decoders talk to the model only through :class:`Engine`:
+Decoders talk to the model only through the engine protocol
+(:class:`~cllm_bench.engines.protocols.SingleEngine`); :class:`Engine` is its reference:
 
 * :meth:`Engine.prefill` — run the prompt into an empty cache, return last-position logits;
 * :meth:`Engine.forward` — run a block of k tokens at explicit positions, optionally with
@@ -20,31 +21,31 @@ record one trace step per forward, and tests compare the two.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 from transformers import PreTrainedModel
 
-from cllm_bench import kv_cache
-from cllm_bench.models import ModelPlacement
+from cllm_bench.engines import kv_cache
+from cllm_bench.engines.base import EngineCore
+from cllm_bench.engines.protocols import EngineOptions
 
 
-class Engine(ModelPlacement):
-    """Eager engine over a transformers dynamic KV cache (the reference path).
+class Engine(EngineCore):
+    """Eager engine over a transformers dynamic KV cache (the reference path); a
+    :class:`~cllm_bench.engines.protocols.SingleEngine`.
 
     model: a causal LM (``AutoModelForCausalLM``); put in eval mode here.
     on_prefill_done: optional callback invoked right after the prefill forward (the
         runner uses it to time TTFT with device synchronisation; decoders never time).
     """
 
+    batched: ClassVar[bool] = False
+
     def __init__(self, model: PreTrainedModel, on_prefill_done: Callable[[], None] | None = None) -> None:
-        self.model = model.eval()
-        self.config = model.config
-        self.on_prefill_done = on_prefill_done
-        self.forwards = 0
-        self._cache = None
-        self._cache_keyword = kv_cache.cache_keyword(model)  # read once: "cache" or "past_key_values"
-        self.reset()
+        super().__init__(model, on_prefill_done)
+        self.options = EngineOptions(kind="dynamic")
+        self._cache = kv_cache.new_dynamic_cache(self.config)
 
     # -- properties ------------------------------------------------------------------
     @property
@@ -52,34 +53,11 @@ class Engine(ModelPlacement):
         """Positions currently in the KV cache."""
         return kv_cache.cache_length(self._cache)
 
-    @property
-    def cache(self):
-        """The live cache object (for decoders that run a second model view, e.g. tests)."""
-        return self._cache
-
-    def _cache_kwarg(self) -> dict[str, object]:
-        """``{keyword: cache}`` for a forward call, under the name this transformers expects."""
-        return {self._cache_keyword: self._cache}
-
     # -- lifecycle -------------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything: empty cache, forward counter to 0."""
         self._cache = kv_cache.new_dynamic_cache(self.config)
         self.forwards = 0
-
-    @torch.inference_mode()
-    def ids_tensor(self, ids: list[int]) -> torch.Tensor:
-        """[1, len(ids)] long tensor on the model's device."""
-        return torch.tensor([ids], dtype=torch.long, device=self.device)
-
-    def prompt_tensor(self, prompt_ids: list[int] | torch.Tensor) -> torch.Tensor:
-        """The prompt as a [1, T] long tensor on the device (T >= 1)."""
-        ids = prompt_ids if isinstance(prompt_ids, torch.Tensor) else self.ids_tensor(list(prompt_ids))
-        if ids.ndim == 1:
-            ids = ids.unsqueeze(0)
-        if ids.shape[1] == 0:
-            raise ValueError("cannot prefill an empty prompt")
-        return ids
 
     # -- forwards --------------------------------------------------------------------
     @torch.inference_mode()
@@ -89,13 +67,6 @@ class Engine(ModelPlacement):
         ids = self.prompt_tensor(prompt_ids)
         out = self.model(input_ids=ids, **self._cache_kwarg(), use_cache=True, logits_to_keep=1)
         return self._prefill_done(out.logits)
-
-    def _prefill_done(self, logits: torch.Tensor) -> torch.Tensor:
-        """Count the prefill forward, signal the runner's clock, return last-position logits [V]."""
-        self.forwards += 1
-        if self.on_prefill_done is not None:
-            self.on_prefill_done()
-        return logits[0, -1]
 
     @torch.inference_mode()
     def forward(
