@@ -40,6 +40,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from cllm_bench.errors import UserError
+from cllm_bench.records import CELL_KEY, CELL_NUMERIC_KEYS, CELL_REQUIRED_KEYS, CellKey
 from cllm_bench.run_folder import check_output_path
 
 SUMMARY_FILE = "summary.json"
@@ -50,30 +51,10 @@ MIN_REPEATS = 3  # DESIGN.md: >= 3 timed repeats
 TPS_TOLERANCE = 0.02  # relative tokens/s change always treated as noise in run diffs
 REFERENCE_JSON = Path(__file__).resolve().parents[1] / "results" / "reference" / "cllm_paper.json"
 
-REQUIRED_RECORD_KEYS: tuple[str, ...] = ("model", "decoder", "task", "n_samples", "tokens_per_s")
-NUMERIC_RECORD_KEYS: tuple[str, ...] = (
-    "accuracy",
-    "tokens_per_s",
-    "tokens_per_s_min",
-    "tokens_per_s_max",
-    "speedup",
-    "tokens_per_forward",
-    "fast_forwarded",
-    "stationary",
-    "stationary_per_block",
-    "tokens_per_iteration",
-    "match_ar",
-    "first_divergence_mean",
-    "ttft_s",
-    "decode_s_total",
-    "generated_tokens",
-    "peak_memory_mb",
-    "accepted_length_with_bonus",
-    "accepted_length_draft_only",
-)
-REQUIRED_SAMPLE_KEYS: tuple[str, ...] = ("model", "decoder", "task")
+REQUIRED_RECORD_KEYS: tuple[str, ...] = CELL_REQUIRED_KEYS
+NUMERIC_RECORD_KEYS: tuple[str, ...] = CELL_NUMERIC_KEYS
+REQUIRED_SAMPLE_KEYS: tuple[str, ...] = CELL_KEY
 
-CellKey = tuple[str, str, str]  # (model, decoder, task)
 
 
 # =============================================================== 1. loading

@@ -50,6 +50,7 @@ from cllm_bench.errors import UserError
 from cllm_bench.forward_trace import forward_trace
 from cllm_bench.models import DEFAULT_MODEL, LoadedModel, check_model_spec, load_model
 from cllm_bench.provenance import now_iso, provenance, sandbox_provenance
+from cllm_bench.records import SAMPLE_REQUIRED_KEYS, CellSummary, SampleRecord
 from cllm_bench.registry import TASKS
 from cllm_bench.distributed import ProcessGroup
 from cllm_bench.results_io import (
@@ -66,15 +67,6 @@ from cllm_bench.tasks.base import Sample, Task, TaskOptions
 from cllm_bench.timing import Stopwatch
 from cllm_bench.timing_health import HealthMonitor, cell_health
 from cllm_bench.trace import Trace, check_trace
-
-#: keys every samples.jsonl line must hold to be resumed from (else an error names the line)
-RECORD_KEYS = ("model", "decoder", "task", "sample_id", "output_ids", "completions", "generated_tokens",
-               "decode_s", "decode_s_repeats", "score")  # fmt: skip
-
-SUMMARY_KEYS = (
-    "model", "decoder", "task", "n_samples", "accuracy", "tokens_per_s", "speedup", "tokens_per_forward",
-    "fast_forwarded", "stationary", "match_ar", "ttft_s",
-)  # fmt: skip
 
 
 @dataclass
@@ -220,9 +212,9 @@ def prompt_hash(ids: list[int]) -> str:
 
 def sample_record(
     model: str, decoder: Decoder, task: str, sample: Sample, prompts: list[list[int]], gens: list[TimedGeneration],
-    completions: list[str], score: dict[str, Any], ar_record: dict[str, Any] | None, log_prompts: list[str] | None,
-) -> dict[str, Any]:
-    """One samples.jsonl line: everything later metrics need, derived from the traces."""
+    completions: list[str], score: dict[str, Any], ar_record: SampleRecord | None, log_prompts: list[str] | None,
+) -> SampleRecord:
+    """One samples.jsonl line (:class:`~cllm_bench.records.SampleRecord`), derived from the traces."""
     traces = [g.trace for g in gens]
     turn_ids = [t.tokens for t in traces]
     flat = [tok for ids in turn_ids for tok in ids]
@@ -235,7 +227,7 @@ def sample_record(
     jstats = [metrics.jacobi_stats(t) for t in traces]
     jstats = [s for s in jstats if s is not None]
     decode_s = statistics.median(decode_by_repeat)
-    record: dict[str, Any] = {
+    record: SampleRecord = {
         "model": model,
         "decoder": decoder.label,
         "task": task,
@@ -288,9 +280,10 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if den else None
 
 
-def cell_summary(records: list[dict[str, Any]], task: Task, decoder: Decoder, ar_tps: float | None,
-                 exclude_degenerate: bool, peak_memory_mb: float | None) -> dict[str, Any]:  # fmt: skip
-    """One summary.json record from the sample records of one model x decoder x task."""
+def cell_summary(records: list[SampleRecord], task: Task, decoder: Decoder, ar_tps: float | None,
+                 exclude_degenerate: bool, peak_memory_mb: float | None) -> CellSummary:  # fmt: skip
+    """One summary.json record (:class:`~cllm_bench.records.CellSummary`) from the sample
+    records of one model x decoder x task."""
     tokens = sum(r["generated_tokens"] for r in records)
     decode = sum(r["decode_s"] for r in records)
     forwards = sum(r["forwards"] for r in records)
@@ -302,7 +295,7 @@ def cell_summary(records: list[dict[str, Any]], task: Task, decoder: Decoder, ar
     jac = [r for r in records if r.get("fast_forwarded") is not None]
     matches = [r["match_ar"] for r in records if r.get("match_ar") is not None]
     divs = [r["first_divergence"] for r in records if r.get("first_divergence") is not None]
-    out: dict[str, Any] = {
+    out: CellSummary = {
         "model": records[0]["model"],
         "decoder": decoder.label,
         "task": records[0]["task"],
@@ -330,7 +323,7 @@ def cell_summary(records: list[dict[str, Any]], task: Task, decoder: Decoder, ar
         "skipped": dict(getattr(task, "skipped", {}) or {}),
         "timing_health": cell_health(records),
     }  # fmt: skip
-    out.update(acceptance_summary(_merged_acceptance(records)))
+    out.update(acceptance_summary(_merged_acceptance(records)))  # type: ignore[typeddict-item]
     if exclude_degenerate and jac:
         kept = [r for r in jac if not r["degenerate"]]
         out["fast_forwarded_excl_degenerate"] = metrics.mean_or_none(r["fast_forwarded"] for r in kept)
@@ -436,15 +429,15 @@ def _run_locked(config: RunConfig, console: Console, group: ProcessGroup, out: P
     ``sandbox``: the isolation record for the provenance."""
     if group.is_main:
         claim_output_dir(out, config)
-        done = read_jsonl_repairing(out / "samples.jsonl", RECORD_KEYS)
+        done = read_jsonl_repairing(out / "samples.jsonl", SAMPLE_REQUIRED_KEYS)
     group.barrier()
     if not group.is_main:
         check_run_folder(out, config)  # the folder exists now: only checks the arguments
-        done = read_complete_jsonl(out / "samples.jsonl", RECORD_KEYS)
+        done = read_complete_jsonl(out / "samples.jsonl", SAMPLE_REQUIRED_KEYS)
     log_path = out / ("samples.jsonl" if group.world == 1 else f"samples.rank{group.rank}.jsonl")
     done += [r for p in sorted(out.glob("samples.rank*.jsonl")) if p != log_path
-             for r in read_complete_jsonl(p, RECORD_KEYS)]  # fmt: skip
-    done += read_jsonl_repairing(log_path, RECORD_KEYS) if group.world > 1 else []
+             for r in read_complete_jsonl(p, SAMPLE_REQUIRED_KEYS)]  # fmt: skip
+    done += read_jsonl_repairing(log_path, SAMPLE_REQUIRED_KEYS) if group.world > 1 else []
     if done and group.is_main:
         console.print(f"[yellow]resuming[/] {out}: {len(done)} finished samples kept")
     index = {(r["model"], r["decoder"], r["task"], r["sample_id"]): r for r in done}
@@ -528,10 +521,10 @@ def summarize(config: RunConfig, decoders: list[Decoder], tasks: dict[str, Task]
 def merge_rank_logs(out: Path, config: RunConfig, decoders: list[Decoder], task_samples: dict) -> dict:
     """Process 0: fold every ``samples.rank<R>.jsonl`` into ``samples.jsonl`` (single-process
     order, written atomically), then remove the rank logs."""
-    records = read_complete_jsonl(out / "samples.jsonl", RECORD_KEYS)
+    records = read_complete_jsonl(out / "samples.jsonl", SAMPLE_REQUIRED_KEYS)
     rank_logs = sorted(out.glob("samples.rank*.jsonl"))
     for path in rank_logs:
-        records += read_complete_jsonl(path, RECORD_KEYS)
+        records += read_complete_jsonl(path, SAMPLE_REQUIRED_KEYS)
     index = {(r["model"], r["decoder"], r["task"], r["sample_id"]): r for r in records}
     merged = [index[k] for k in ordered_keys(config, decoders, task_samples) if k in index]
     write_jsonl_atomic(out / "samples.jsonl", merged)

@@ -32,6 +32,7 @@ from typing import Any, Iterable
 from rich.console import Console
 from rich.table import Table
 
+from cllm_bench.records import CELL_KEY, CellKey
 from cllm_bench.errors import UserError
 from cllm_bench.provenance import now_iso, sandbox_provenance
 from cllm_bench.registry import TASKS
@@ -40,11 +41,10 @@ from cllm_bench.tasks.base import Sample, Task, TaskOptions
 
 LM_EVAL_PREFIX = "lm_eval:"
 PREDICTION_FORMAT = '{"id": "<sample id>", "completion": "<text>"} or {"id": ..., "completions": ["<turn 1>", ...]}'
-RECORD_FIELDS = ("model", "decoder", "task", "sample_id", "completions")
+RECORD_FIELDS = (*CELL_KEY, "sample_id", "completions")  # the SampleRecord fields rescoring reads
 #: summary fields a rescore recomputes; every other field is copied from summary.json
 RESCORED_FIELDS = ("accuracy", "task_metrics")
 
-CellKey = tuple[str, str, str]  # (model, decoder, task)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from cllm_bench.records import CELL_KEY, SUMMARY_COLUMNS, Column
 from cllm_bench.results_io import read_json
 
 
@@ -20,23 +21,28 @@ def fmt(value: Any, spec: str = ".2f", suffix: str = "") -> str:
 
 
 def summary_table(results: list[dict[str, Any]], title: str = "cllm-bench results") -> Table:
+    """One row per summary record; the columns are :data:`~cllm_bench.records.SUMMARY_COLUMNS`.
+
+    A lossless decoder whose ``match_ar`` is below 100% shows it in red.
+    """
     table = Table(title=title)
-    for col in ("model", "task", "decoder", "n", "accuracy", "tokens/s", "speedup", "tok/forward",
-                "fast-fwd", "stationary", "match_ar", "TTFT s"):  # fmt: skip
-        table.add_column(col, justify="left" if col in ("model", "task", "decoder") else "right")
+    for key, col in SUMMARY_COLUMNS:
+        table.add_column(col.header, justify="left" if key in CELL_KEY else "right")
     for r in results:
+        cells = [_cell(r.get(key), col) for key, col in SUMMARY_COLUMNS]
         match = r.get("match_ar")
-        match_txt = fmt(match * 100 if match is not None else None, ".0f", "%")
         if r.get("lossless") and match is not None and match < 1.0:
-            match_txt = f"[red]{match_txt}[/]"
-        table.add_row(
-            str(r["model"]), r["task"], r["decoder"], str(r["n_samples"]),
-            fmt(r["accuracy"] * 100 if r.get("accuracy") is not None else None, ".1f", "%"),
-            fmt(r.get("tokens_per_s"), ".1f"), fmt(r.get("speedup"), ".2f", "x"),
-            fmt(r.get("tokens_per_forward")), fmt(r.get("fast_forwarded")), fmt(r.get("stationary")),
-            match_txt, fmt(r.get("ttft_s"), ".3f"),
-        )  # fmt: skip
+            where = [key for key, _ in SUMMARY_COLUMNS].index("match_ar")
+            cells[where] = f"[red]{cells[where]}[/]"
+        table.add_row(*cells)
     return table
+
+
+def _cell(value: Any, col: Column) -> str:
+    """A value as its column shows it: numbers scaled, then :func:`fmt`."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and col.scale != 1:
+        value = value * col.scale
+    return fmt(value, col.spec, col.suffix)
 
 
 def print_summary(run_dir: Path, console: Console) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from cllm_bench import runner
 from cllm_bench.cli import main, split_decoder_list
-from cllm_bench.runner import SUMMARY_KEYS
+from cllm_bench.records import SUMMARY_KEYS
 
 SAMPLE_KEYS = {
     "model", "decoder", "task", "sample_id", "prompt_hash", "output_text", "output_ids", "generated_tokens",
