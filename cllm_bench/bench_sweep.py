@@ -96,7 +96,7 @@ def sweep_table(summary: Mapping[str, Mapping[str, Any]]) -> Table:
 
 def run_sweep(cfg: BenchConfig, batch_sizes: list[int], console: Console) -> Path:
     """Bench every batch size in one process; write the sweep JSON and plot; return the JSON path."""
-    from cllm_bench.report_plots_speed import plot_batch_sweep
+    from cllm_bench.report.plots_speed import plot_batch_sweep
 
     check_batchable(replace(cfg, batch_size=max(batch_sizes)))
     loaded = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)

@@ -121,7 +121,7 @@ def export_run(run_dir: Path, output: Path | None = None, decoder: str | None = 
     (one decoder label) it may instead name the ``.jsonl`` file itself. Lines are sorted by
     question id, as Spec-Bench's ``reorg_answer_file`` leaves them. Returns the files written.
     """
-    from cllm_bench.report import load_run
+    from cllm_bench.report.model import load_run
     from cllm_bench.results_io import write_jsonl_atomic
 
     run = load_run(Path(run_dir))

@@ -209,9 +209,9 @@ REPORT_TEXT = (
 def report_section(cells: Sequence[Any], multi: bool) -> Any:
     """The report's "Ours vs HF" section (None when no pair ran), one table per run, model and task.
 
-    cells: :class:`cllm_bench.report.Cell` objects.
+    cells: :class:`cllm_bench.report.model.Cell` objects.
     """
-    from cllm_bench.report import Section, TableBlock, TextBlock
+    from cllm_bench.report.blocks import Section, TableBlock, TextBlock
 
     tables = []
     groups: dict[tuple[str, str, str], list[Any]] = {}

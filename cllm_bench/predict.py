@@ -295,7 +295,7 @@ def print_prediction(pred: Prediction, console: Console) -> None:
 
 def predict_section(run_dirs: Sequence[Path], table_paths: Sequence[Path]) -> Any:
     """The report's "Predicted speed" section (a ``report.Section``): one table per run x cost table."""
-    from cllm_bench.report import Section, TableBlock, TextBlock
+    from cllm_bench.report.blocks import Section, TableBlock, TextBlock
 
     blocks: list[Any] = [TextBlock(
         "Decode speed predicted from each forward's width and context with a per-device cost table "

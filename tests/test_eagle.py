@@ -370,7 +370,8 @@ def test_budget_and_eos_inside_a_tree(trained, trained_target):
 
 
 def test_spec_bench_reference_numbers_are_merged_into_the_report():
-    from cllm_bench.report import REFERENCE_JSON, load_references, paper_caveat
+    from cllm_bench.report.document import paper_caveat
+    from cllm_bench.report.facts import REFERENCE_JSON, load_references
 
     ref = load_references()
     eagle = {e["id"]: e["speedup"] for e in ref["entries"] if str(e["method"]).startswith("eagle")}

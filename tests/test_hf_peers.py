@@ -293,7 +293,9 @@ def test_run_and_report_show_ours_vs_hf(tiny_model_dir, tmp_path):
     import json
 
     from cllm_bench.cli import main
-    from cllm_bench.report import build_document, load_run, render_markdown
+    from cllm_bench.report.document import build_document
+    from cllm_bench.report.markdown import render_markdown
+    from cllm_bench.report.model import load_run
 
     out = tmp_path / "run"
     assert main(["run", "--models", str(tiny_model_dir), "--decoders", "ar;" + PEERS, "--tasks", "humaneval",

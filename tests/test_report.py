@@ -22,17 +22,9 @@ import pytest
 from rich.console import Console
 
 from cllm_bench.errors import UserError
-from cllm_bench.report import (
-    REFERENCE_JSON,
-    accuracy_change,
-    cells_of,
-    diff_cells,
-    load_reference,
-    load_run,
-    parse_formats,
-    run_report,
-    speed_change,
-)
+from cllm_bench.report import run_report
+from cllm_bench.report.facts import REFERENCE_JSON, accuracy_change, diff_cells, load_reference, speed_change
+from cllm_bench.report.model import cells_of, load_run, parse_formats
 
 REPO = Path(__file__).resolve().parents[1]
 PLOT_NAMES = ("speedup", "accuracy_vs_speedup", "accepted_per_forward", "jacobi_ff_stationary", "jacobi_convergence")

@@ -1,7 +1,7 @@
 """A report of synthetic runs says so in its title and on every plot; a real one does not.
 
 scripts/make_report_fixture.py marks its runs with provenance ``"synthetic": true``;
-:func:`cllm_bench.report.synthetic_banner` turns that into "SYNTHETIC — not a measurement",
+:func:`cllm_bench.report.facts.synthetic_banner` turns that into "SYNTHETIC — not a measurement",
 which goes into the md/html title, every plot heading, every figure's suptitle (and
 the PNG's Title text chunk) and a watermark.
 """
@@ -20,8 +20,11 @@ from matplotlib.figure import Figure
 from PIL import Image
 from rich.console import Console
 
-from cllm_bench.report import SYNTHETIC_BANNER, cells_of, load_run, run_report, synthetic_banner
-from cllm_bench.report_plots import figure_png, make_plots, stamp_banner
+from cllm_bench.report import run_report
+from cllm_bench.report.facts import SYNTHETIC_BANNER, synthetic_banner
+from cllm_bench.report.figures import make_plots
+from cllm_bench.report.model import cells_of, load_run
+from cllm_bench.report.plot_style import figure_png, stamp_banner
 
 REPO = Path(__file__).resolve().parents[1]
 

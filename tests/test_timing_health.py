@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cllm_bench.report import cell_flags
+from cllm_bench.report.facts import cell_flags
 from cllm_bench.timing_health import (
     CpuTimes,
     HealthMonitor,

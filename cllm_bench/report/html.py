@@ -10,7 +10,7 @@ import base64
 from html import escape
 from typing import Any
 
-from cllm_bench.report import Document, PlotBlock, Section, TableBlock, TextBlock
+from cllm_bench.report.blocks import Document, PlotBlock, Section, TableBlock, TextBlock
 
 CSS = """
 :root { --fg:#1d2330; --muted:#5b6577; --line:#d9dee7; --warn:#fff4d6; --warn-line:#e0b43c; --bad:#ffd9d4; --good:#e3f5e1; }

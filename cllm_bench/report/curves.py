@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from cllm_bench.errors import UserError
+from cllm_bench.report.blocks import PlotBlock, Section, TableBlock, TextBlock
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,6 @@ def curve_rows(curve: Curve) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ..
 
 def curves_section(curves: Sequence[Curve], banner: str | None = None) -> tuple[Any, Any]:
     """(Section, Plot) of the learning curves."""
-    from cllm_bench.report import PlotBlock, Section, TableBlock, TextBlock
 
     plot = plot_curves(curves, banner)
     blocks: list[Any] = [TextBlock(
@@ -95,7 +95,7 @@ def curves_section(curves: Sequence[Curve], banner: str | None = None) -> tuple[
 
 def plot_curves(curves: Sequence[Curve], banner: str | None = None) -> Any:
     """Tokens per forward vs updates (held-out solid, training dashed) and the two loss terms."""
-    from cllm_bench.report_plots import Plot, figure_png, new_figure
+    from cllm_bench.report.plot_style import Plot, figure_png, new_figure  # matplotlib: only when plotting
 
     fig = new_figure(10, 4)
     ax_tpf, ax_loss = fig.subplots(1, 2)

@@ -1,7 +1,7 @@
 """Report plots of per-category speedups, acceptance and batch sweeps (matplotlib object API).
 
-Same contract and styling as :mod:`cllm_bench.report_plots`: each function returns a
-:class:`~cllm_bench.report_plots.Plot` (PNG bytes, or ``png=None`` with the reason), a
+Same contract and styling as :mod:`cllm_bench.report.plots`: each function returns a
+:class:`~cllm_bench.report.plots.Plot` (PNG bytes, or ``png=None`` with the reason), a
 decoder keeps its colour, runs are told apart by hatch / line style.
 
 * :func:`plot_category_speedup`: grouped bars, speedup per Spec-Bench group (summary
@@ -21,9 +21,9 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from cllm_bench.categories import GROUP_LABELS
-from cllm_bench.report import Cell, sorted_cells
-from cllm_bench.report_plots import (
-    LOW_N,
+from cllm_bench.report.facts import LOW_N
+from cllm_bench.report.model import Cell, sorted_cells
+from cllm_bench.report.plot_style import (
     Plot,
     _omitted,
     add_footnote,

@@ -23,20 +23,10 @@ from typing import Any, Mapping, Sequence
 
 from cllm_bench.categories import GROUP_LABELS, OVERALL, SPEC_BENCH_GROUPS
 from cllm_bench.errors import UserError
-from cllm_bench.report import (
-    DASH,
-    Block,
-    Cell,
-    Section,
-    TableBlock,
-    TextBlock,
-    decoder_family,
-    fmt_num,
-    fmt_speedup,
-    sorted_cells,
-)
+from cllm_bench.report.blocks import DASH, Block, Section, TableBlock, TextBlock, fmt_num, fmt_speedup
+from cllm_bench.report.model import Cell, decoder_family, sorted_cells
 
-SPEC_BENCH_REFERENCE_JSON = Path(__file__).resolve().parents[1] / "results" / "reference" / "spec_bench_leaderboard.json"
+SPEC_BENCH_REFERENCE_JSON = Path(__file__).resolve().parents[2] / "results" / "reference" / "spec_bench_leaderboard.json"
 POSITIONS_SHOWN = 6
 
 
