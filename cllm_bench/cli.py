@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cllm_bench.errors import UserError
+from cllm_bench.console import terminal_console
 
 
 def split_list(value: str) -> list[str]:
@@ -40,14 +41,6 @@ def split_decoder_list(value: str) -> list[str]:
             else:
                 out.append(piece)
     return out
-
-
-def _console() -> Console:
-    """Terminal output; when piped to a file, wide enough for the result table."""
-    console = Console(highlight=False)
-    if not console.is_terminal:
-        console = Console(highlight=False, width=max(console.width, 160))
-    return console
 
 
 # ------------------------------------------------------------------------- run
@@ -120,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cllm_bench.runner import run_matrix
     from cllm_bench.summary_table import print_summary
 
-    console = _console()
+    console = terminal_console()
     config = config_from_args(args)
     out = run_matrix(config, console)
     print_summary(out, console)
@@ -133,7 +126,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from cllm_bench.models import ALIASES
     from cllm_bench.registry import DECODERS, TASKS
 
-    console = _console()
+    console = terminal_console()
     models = Table(title="models (aliases)")
     models.add_column("alias")
     models.add_column("what")
@@ -194,7 +187,7 @@ def add_report_parser(sub: Any) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from cllm_bench.report import run_report
 
-    console = _console()
+    console = terminal_console()
     run_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
                split_list(args.format), console, [Path(c) for c in args.curves],
                [Path(t) for t in args.cost_table])  # fmt: skip  (prints where it wrote)
@@ -216,7 +209,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from cllm_bench.export_spec_bench import export_run
 
     written = export_run(Path(args.run_dir), Path(args.output) if args.output else None, args.decoder)
-    console = _console()
+    console = terminal_console()
     for path in written:
         console.print(f"wrote {path}", markup=False, highlight=False)
     return 0
@@ -237,7 +230,7 @@ def add_train_parser(sub: Any) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from cllm_bench.trainers.cli import run_train
 
-    return run_train(args, _console())
+    return run_train(args, terminal_console())
 
 
 def add_models_parser(sub: Any) -> None:
@@ -251,8 +244,8 @@ def add_models_parser(sub: Any) -> None:
 def cmd_models_install(args: argparse.Namespace) -> int:
     from cllm_bench.model_install import install_model
 
-    path = install_model(args.name, _console())
-    _console().print(f"installed: {path}")
+    path = install_model(args.name, terminal_console())
+    terminal_console().print(f"installed: {path}")
     return 0
 
 
@@ -287,7 +280,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from cllm_bench.bench import BenchConfig, run_bench
     from cllm_bench.bench_sweep import parse_batch_sizes, run_sweep
 
-    console = _console()
+    console = terminal_console()
     sizes = parse_batch_sizes(args.batch_size)
     cfg = BenchConfig(
         model=args.model, decoders=split_decoder_list(args.decoders), max_new_tokens=args.max_new_tokens,
@@ -323,7 +316,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from cllm_bench.scoring import rescore_run, score_predictions
     from cllm_bench.tasks.base import TaskOptions
 
-    console = _console()
+    console = terminal_console()
     data_dir = args.data_dir or os.environ.get("CLLM_BENCH_DATA_DIR")
     options = TaskOptions(data_dir=Path(data_dir) if data_dir else None, prompt_style=args.prompt_style,
                           allow_code_execution=args.allow_code_execution)  # fmt: skip
@@ -349,7 +342,7 @@ def add_check_decoder_parser(sub: Any) -> None:
 def cmd_check_decoder(args: argparse.Namespace) -> int:
     from cllm_bench.conformance import check_decoder
 
-    return 0 if check_decoder(args.decoder, _console()) else 1
+    return 0 if check_decoder(args.decoder, terminal_console()) else 1
 
 
 def add_include(parser: argparse.ArgumentParser) -> None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from cllm_bench.cache_dir import cache_root
 from cllm_bench.errors import UserError
 
 
@@ -94,8 +95,6 @@ def _model(name: str) -> InstallableModel:
 
 def install_dir() -> Path:
     """Where assembled models live: ``<cache_root>/installed``."""
-    from cllm_bench.models import cache_root
-
     return cache_root() / "installed"
 
 

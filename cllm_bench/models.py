@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from cllm_bench.cache_dir import cache_root
 from cllm_bench.errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -94,10 +95,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; choose one of: auto, {', '.join(DTYPES)}")
     return DTYPES[dtype]
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("CLLM_BENCH_CACHE", Path.home() / ".cache" / "cllm-bench"))
 
 
 def alias_path(name: str) -> Path:

@@ -90,8 +90,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cllm_bench.cli import _console
     from cllm_bench.predict import run_predict
+    from cllm_bench.console import terminal_console
 
-    run_predict(Path(args.run_dir), Path(args.cost_table), Path(args.output) if args.output else None, _console())
+    run_predict(Path(args.run_dir), Path(args.cost_table), Path(args.output) if args.output else None,
+                terminal_console())  # fmt: skip
     return 0

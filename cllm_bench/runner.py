@@ -51,7 +51,6 @@ from cllm_bench.forward_trace import forward_trace
 from cllm_bench.models import DEFAULT_MODEL, LoadedModel, check_model_spec, load_model
 from cllm_bench.provenance import now_iso, provenance, sandbox_provenance
 from cllm_bench.records import SAMPLE_REQUIRED_KEYS, CellSummary, SampleRecord
-from cllm_bench.registry import TASKS
 from cllm_bench.distributed import ProcessGroup
 from cllm_bench.results_io import (
     JsonlAppender,
@@ -63,6 +62,7 @@ from cllm_bench.results_io import (
 )
 from cllm_bench.run_checks import check_task_args, check_values
 from cllm_bench.run_folder import LOCK_FILE, RunFolderLock, check_output_path
+from cllm_bench.task_lookup import build_task as build_task_named
 from cllm_bench.tasks.base import Sample, Task, TaskOptions
 from cllm_bench.timing import Stopwatch
 from cllm_bench.timing_health import HealthMonitor, cell_health
@@ -356,11 +356,7 @@ def build_task(name: str, config: RunConfig) -> Task:
         allow_code_execution=config.allow_code_execution,
         extra=dict(config.task_args),
     )
-    if name.startswith("lm_eval:"):
-        from cllm_bench.lm_eval_bridge import make_lm_eval_task
-
-        return make_lm_eval_task(name.split(":", 1)[1], options)
-    return TASKS.get(name)(options)
+    return build_task_named(name, options)
 
 
 class Judge:

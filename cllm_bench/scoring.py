@@ -35,11 +35,10 @@ from rich.table import Table
 from cllm_bench.records import CELL_KEY, CellKey
 from cllm_bench.errors import UserError
 from cllm_bench.provenance import now_iso, sandbox_provenance
-from cllm_bench.registry import TASKS
 from cllm_bench.results_io import check_writable_file, read_json, write_json_file
+from cllm_bench.task_lookup import build_task
 from cllm_bench.tasks.base import Sample, Task, TaskOptions
 
-LM_EVAL_PREFIX = "lm_eval:"
 PREDICTION_FORMAT = '{"id": "<sample id>", "completion": "<text>"} or {"id": ..., "completions": ["<turn 1>", ...]}'
 RECORD_FIELDS = (*CELL_KEY, "sample_id", "completions")  # the SampleRecord fields rescoring reads
 #: summary fields a rescore recomputes; every other field is copied from summary.json
@@ -57,15 +56,6 @@ class Prediction:
 
 
 # ----------------------------------------------------------------------- tasks
-def build_task(task_name: str, options: TaskOptions) -> Task:
-    """The task object for a name (``lm_eval:<task>`` through the lm-eval bridge)."""
-    if task_name.startswith(LM_EVAL_PREFIX):
-        from cllm_bench.lm_eval_bridge import make_lm_eval_task
-
-        return make_lm_eval_task(task_name[len(LM_EVAL_PREFIX) :], options)
-    return TASKS.get(task_name)(options)
-
-
 def samples_by_id(task: Task, task_name: str) -> dict[str, Sample]:
     """Every sample of the task (no limit), by id."""
     samples = task.samples(None)
