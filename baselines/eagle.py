@@ -22,9 +22,9 @@ One round (:meth:`EagleDecoder.step`):
    node). ``tree=static`` instead fills EAGLE-1's fixed tree (:data:`EAGLE1_TREE`,
    node ``(r_1..r_d)`` = the r_d-th most likely token after its parent), one draft
    forward per level. The head's cache is then cut back to the accepted text;
-3. **verify** (one target forward, :func:`~cllm_bench.baselines.medusa.verify_tree`):
+3. **verify** (one target forward, :func:`~cllm_bench.decoders.verify.verify_tree`):
    ``[x] + nodes`` with the tree's ancestor mask;
-   :func:`~cllm_bench.baselines.ngram_pool.tree_accept` keeps the longest path of the
+   :func:`~cllm_bench.decoders.verify.tree_accept` keeps the longest path of the
    target's own argmaxes plus the bonus token (so the output equals ``ar``);
    :meth:`SingleEngine.keep` keeps x and the path; the target hidden states of x and the
    path, paired with the accepted tokens, become the next pending pairs.
@@ -43,7 +43,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from cllm_bench.baselines.medusa import build_tree, verify_tree
+from cllm_bench.baselines.medusa import build_tree
+from cllm_bench.decoders.verify import verify_tree
 from cllm_bench.decoders.base import Decoder, OutputBuffer
 from cllm_bench.eagle_head import EagleHead, check_head_fits, head_config, load_eagle_head, read_head_config
 from cllm_bench.engines.protocols import SingleEngine

@@ -16,7 +16,7 @@ Layout of the fed block (k tokens) and its tree mask (see :func:`step_layout`)::
 
     [ B0 (b) | L1 (b) | ... | L_{m-1} (b) | c_1 (N-1) | ... | c_C (N-1) ]
 
-Greedy verification (:func:`~cllm_bench.baselines.ngram_pool.tree_accept`) accepts the
+Greedy verification (:func:`~cllm_bench.decoders.verify.tree_accept`) accepts the
 longest candidate prefix that matches the target's own argmaxes plus the bonus token
 (``cap=true``: at most N-1 tokens, as the reference code does). The KV of ``x`` and of the
 accepted candidate tokens is kept with :meth:`SingleEngine.keep`; everything else is dropped.
@@ -43,8 +43,9 @@ from dataclasses import dataclass
 
 import torch
 
-from cllm_bench.baselines.ngram_pool import NGramPool, tree_accept
-from cllm_bench.decoders.base import Decoder, OutputBuffer
+from cllm_bench.decoders.ngram_pool import NGramPool
+from cllm_bench.decoders.verify import tree_accept
+from cllm_bench.decoders.base import Decoder, OutputBuffer, greedy_start
 from cllm_bench.engines.protocols import SingleEngine
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import Trace
@@ -195,11 +196,8 @@ class LookaheadDecoder(Decoder):
             raise ValueError(f"g must be >= 1, got {self.g}")
 
     def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
-        trace = Trace(prompt_len=len(prompt_ids))
-        out = OutputBuffer(max_new_tokens, eos_ids)
+        trace, out, x = greedy_start(engine, prompt_ids, max_new_tokens, eos_ids)
         rng = random.Random(self.seed)
-        x = int(engine.prefill(prompt_ids).argmax())
-        trace.record("prefill", fed=len(prompt_ids), accepted=out.accept([x]))
         pool = NGramPool(self.n, self.g)
         text = list(prompt_ids)  # prompt + output, for the pool
         if self.pool_from_prompt:

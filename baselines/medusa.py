@@ -9,8 +9,8 @@ One step = one target forward:
 1. **propose** (:func:`tree_tokens`): every tree node is a path ``(i_1, .., i_d)`` of ranks;
    its token is the ``i_d``-th most likely token of head d-1. The fed block is
    ``[x] + nodes`` (node depth d at position P+d), attending through
-   :func:`~cllm_bench.baselines.ngram_pool.ancestor_mask` (a node sees x and its ancestors).
-2. **verify** (:func:`verify_tree`, :func:`~cllm_bench.baselines.ngram_pool.tree_accept`): the longest
+   :func:`~cllm_bench.decoders.verify.ancestor_mask` (a node sees x and its ancestors).
+2. **verify** (:func:`~cllm_bench.decoders.verify.verify_tree`, :func:`~cllm_bench.decoders.verify.tree_accept`): the longest
    root-to-node path whose tokens are the base model's own argmaxes, plus the bonus argmax
    after it — exactly the greedy tokens, so the output equals ``ar``.
 3. keep the KV of x and the accepted path (:meth:`SingleEngine.keep`); the heads read the
@@ -30,11 +30,11 @@ import inspect
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from cllm_bench.baselines.ngram_pool import ancestor_mask, tree_accept
+from cllm_bench.decoders.verify import ancestor_mask, verify_tree
 from cllm_bench.decoders.base import Decoder, OutputBuffer
 from cllm_bench.engines.protocols import SingleEngine
 from cllm_bench.errors import UserError
@@ -140,30 +140,6 @@ def prefill_with_hidden(engine: SingleEngine, prompt_ids: list[int]) -> tuple[to
     if engine.on_prefill_done is not None:
         engine.on_prefill_done()
     return logits[0, -1], hidden[0, -1]
-
-
-def verify_tree(
-    engine: SingleEngine, ids: list[int], parents: Sequence[int], depth: Sequence[int] | torch.Tensor,
-    mask: torch.Tensor | None = None,
-) -> tuple[list[int], list[int], torch.Tensor]:  # fmt: skip
-    """Verify a token tree in ONE target forward and keep the accepted path's KV (greedy).
-
-    ids: fed tokens, ``ids[0]`` = x (the last accepted token, not yet cached), then the
-    nodes; parents: parent index per fed token (``parents[0] = -1``, parents first);
-    depth: position offset per fed token (root 0); mask: the [k, k] ancestor mask (built
-    from ``parents`` when None). Feeds at ``engine.length + depth``, accepts with
-    :func:`tree_accept` and leaves the cache holding x and the accepted path.
-    Returns ``(path, accepted, hidden)``: path node indices (root excluded), the accepted
-    tokens (path + bonus) and the final hidden states [k, H] of every fed token.
-    """
-    start = engine.length
-    offsets = depth if isinstance(depth, torch.Tensor) else torch.tensor(list(depth), dtype=torch.long)
-    positions = (offsets + start).unsqueeze(0).to(engine.device)
-    tree_mask = ancestor_mask(parents) if mask is None else mask
-    logits, hidden = engine.forward(engine.ids_tensor(list(ids)), positions=positions, tree_mask=tree_mask, output_hidden=True)
-    path, accepted = tree_accept(ids, parents, logits[0].argmax(dim=-1).tolist())
-    engine.keep(start, [0] + path)
-    return path, accepted, hidden[0]
 
 
 def check_heads_spec(spec: str) -> None:

@@ -3,7 +3,7 @@
 No draft model: the last ``ngram`` tokens of prompt + output are looked up in the earlier
 text; the tokens that followed the most recent earlier occurrence (up to k) are proposed,
 and the target verifies ``[x] + proposal`` in ONE forward, greedily (longest agreeing
-prefix + the target's next token; :func:`~cllm_bench.baselines.ngram_pool.chain_accept`).
+prefix + the target's next token; :func:`~cllm_bench.decoders.verify.chain_accept`).
 When the last ``ngram`` tokens never occurred before, shorter suffixes are tried down to
 ``min_ngram``; with no match at all the step is a plain AR step (1 token fed, 1 accepted).
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cllm_bench.baselines.ngram_pool import chain_accept
-from cllm_bench.decoders.base import Decoder, OutputBuffer
+from cllm_bench.decoders.verify import chain_accept
+from cllm_bench.decoders.base import Decoder, greedy_start
 from cllm_bench.engines.protocols import SingleEngine
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import Trace
@@ -85,10 +85,7 @@ class PromptLookupDecoder(Decoder):
             raise ValueError(f"k must be >= 1, got {self.k}")
 
     def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
-        trace = Trace(prompt_len=len(prompt_ids))
-        out = OutputBuffer(max_new_tokens, eos_ids)
-        x = int(engine.prefill(prompt_ids).argmax())
-        trace.record("prefill", fed=len(prompt_ids), accepted=out.accept([x]))
+        trace, out, x = greedy_start(engine, prompt_ids, max_new_tokens, eos_ids)
         index = SuffixIndex(self.min_ngram, self.ngram)
         index.extend(list(prompt_ids) + [x])
         while not out.done:

@@ -6,7 +6,7 @@ Split as in vLLM's speculative decoding:
   cache, proposes k tokens one forward at a time (greedy, or sampled when temperature > 0);
 * **scorer** (:func:`score`): the target scores ``[x, d_1..d_k]`` in ONE forward (x = the
   last accepted token), giving its prediction after every prefix;
-* **verifier** (:func:`~cllm_bench.baselines.ngram_pool.chain_accept` for greedy,
+* **verifier** (:func:`~cllm_bench.decoders.verify.chain_accept` for greedy,
   :func:`sample_accept` for sampling): greedy keeps the longest prefix of the draft that
   agrees with the target's argmaxes plus the target's next token, so 1..k+1 tokens per
   target forward and the output equals ``ar``. Both caches are then rolled back to the
@@ -40,10 +40,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from cllm_bench.baselines.ngram_pool import chain_accept
+from cllm_bench.decoders.verify import chain_accept, sample_accept
 from cllm_bench.engines.batch import pad_batch
 from cllm_bench.engines.factory import build_companion_engine
-from cllm_bench.decoders.base import Decoder, OutputBuffer, new_outputs
+from cllm_bench.decoders.base import Decoder, OutputBuffer, greedy_start_batch
 from cllm_bench.engines.protocols import BatchedEngine, SingleEngine, is_batched
 from cllm_bench.errors import UserError
 from cllm_bench.model_layout import decoder_blocks
@@ -228,39 +228,6 @@ def score(target: SingleEngine, x: int, draft_tokens: list[int]) -> torch.Tensor
     return target.forward(target.ids_tensor([x] + draft_tokens))[0]
 
 
-def sample_accept(
-    draft_tokens: list[int],
-    q: list[torch.Tensor],
-    target_logits: torch.Tensor,
-    temperature: float,
-    generator: torch.Generator | None = None,
-) -> list[int]:
-    """Speculative sampling verification (Leviathan et al. 2023, Algorithm 1).
-
-    draft_tokens: d_1..d_k sampled from q (k distributions [V]). target_logits: [k+1, V].
-    Accept d_i with probability min(1, p_i(d_i) / q_i(d_i)); at the first rejection sample
-    from norm(max(0, p_i - q_i)) and stop; if all k are accepted sample a bonus from p_k.
-    Returns 1..k+1 tokens, distributed as k+1 (or fewer) samples from the target.
-    """
-    p = torch.softmax(target_logits.double() / temperature, dim=-1)
-    dev = p.device
-    accepted: list[int] = []
-    for i, tok in enumerate(draft_tokens):
-        qi = q[i].to(dev)
-        ratio = (p[i, tok] / qi[tok]).clamp(max=1.0)
-        u = torch.rand((), generator=generator, device=dev, dtype=torch.float64)
-        if bool(u < ratio):
-            accepted.append(tok)
-            continue
-        residual = (p[i] - qi).clamp(min=0.0)
-        total = residual.sum()
-        dist = residual / total if float(total) > 0 else p[i]
-        accepted.append(int(torch.multinomial(dist, 1, generator=generator)))
-        return accepted
-    accepted.append(int(torch.multinomial(p[len(draft_tokens)], 1, generator=generator)))
-    return accepted
-
-
 # --------------------------------------------------------------------------- decoder
 @register_decoder("speculative")
 @dataclass
@@ -347,12 +314,10 @@ class SpeculativeDecoder(Decoder):
         per-row rollback of both caches). Each row's trace equals :meth:`generate`'s."""
         if self.temperature > 0:
             raise UserError(f"{self.label}: the batched path is greedy only; use temperature=0 at batch size > 1")
-        traces, outs = new_outputs(prompts, max_new_tokens, eos_ids)
         draft = self.batch_draft_engine(engine)
-        firsts = engine.prefill(prompts).argmax(dim=-1).tolist()
+        traces, outs, firsts = greedy_start_batch(engine, prompts, max_new_tokens, eos_ids)
         draft.prefill(prompts)
-        for b, x in enumerate(firsts):
-            traces[b].record("prefill", fed=len(prompts[b]), accepted=outs[b].accept([x]))
+        for b in range(len(prompts)):
             if not outs[b].done:
                 traces[b].record("draft", fed=len(prompts[b]), accepted=0, prefill=True)
         pending = [[x] for x in firsts]  # per row: accepted tokens not in the draft cache (the last is x)

@@ -26,6 +26,8 @@ _LAZY: dict[str, str] = {
     "OutputBuffer": "cllm_bench.decoders.base",
     "build_decoder": "cllm_bench.decoders.base",
     "new_outputs": "cllm_bench.decoders.base",
+    "greedy_start": "cllm_bench.decoders.base",
+    "greedy_start_batch": "cllm_bench.decoders.base",
     "BatchEngine": "cllm_bench.engines.batch",
     "Engine": "cllm_bench.engines.dynamic",
     "SingleEngine": "cllm_bench.engines.protocols",

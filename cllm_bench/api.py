@@ -52,7 +52,7 @@ None when not computed). Options arrive as :class:`TaskOptions` in ``self.option
 
 from __future__ import annotations
 
-from cllm_bench.decoders.base import Decoder, OutputBuffer, build_decoder, new_outputs
+from cllm_bench.decoders.base import Decoder, OutputBuffer, build_decoder, greedy_start, greedy_start_batch, new_outputs
 from cllm_bench.engines import BatchedEngine, BatchEngine, Engine, SingleEngine
 from cllm_bench.errors import DataError, UserError
 from cllm_bench.registry import DECODERS, TASKS, register_decoder, register_task
@@ -82,6 +82,8 @@ __all__ = [
     "check_trace",
     "encode_chat",
     "encode_raw",
+    "greedy_start",
+    "greedy_start_batch",
     "new_outputs",
     "read_jsonl",
     "register_decoder",

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from cllm_bench import metrics
-from cllm_bench.baselines.ngram_pool import NGramPool, ancestor_mask, chain_accept, tree_accept
+from cllm_bench.decoders.ngram_pool import NGramPool
+from cllm_bench.decoders.verify import ancestor_mask, chain_accept, tree_accept
 from cllm_bench.decoders.base import build_decoder
 from cllm_bench.engines import Engine
 from cllm_bench.errors import UserError

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cllm_bench.baselines.speculative import SpeculativeDecoder, sample_accept, truncated_model
+from cllm_bench.baselines.speculative import SpeculativeDecoder, truncated_model
+from cllm_bench.decoders.verify import sample_accept
 from cllm_bench.decoders.base import build_decoder
 from cllm_bench.engines import Engine
 from cllm_bench.errors import UserError

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cllm_bench.decoders.base import Decoder, OutputBuffer, new_outputs
+from cllm_bench.decoders.base import Decoder, greedy_start, new_outputs
 from cllm_bench.engines.protocols import BatchedEngine, SingleEngine
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import Trace
@@ -22,10 +22,7 @@ class ARDecoder(Decoder):
     supports_batch = True
 
     def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
-        trace = Trace(prompt_len=len(prompt_ids))
-        out = OutputBuffer(max_new_tokens, eos_ids)
-        token = int(engine.prefill(prompt_ids).argmax())
-        trace.record("prefill", fed=len(prompt_ids), accepted=out.accept([token]))
+        trace, out, token = greedy_start(engine, prompt_ids, max_new_tokens, eos_ids)
         step_ids = engine.ids_tensor([token])
         while not out.done:
             logits = engine.forward(step_ids)

@@ -160,6 +160,33 @@ def new_outputs(prompts: list[list[int]], max_new_tokens: int, eos_ids: frozense
     return [Trace(prompt_len=len(p)) for p in prompts], [OutputBuffer(max_new_tokens, eos_ids) for _ in prompts]
 
 
+def greedy_start(
+    engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]
+) -> tuple[Trace, OutputBuffer, int]:
+    """The start every greedy ``generate`` shares: a trace and an output buffer, the prompt
+    prefilled, its argmax (the first output token) accepted and recorded as the
+    ``prefill`` step. Returns ``(trace, out, first)``; the cache holds the prompt, not
+    ``first`` (it is fed by the next forward)."""
+    trace = Trace(prompt_len=len(prompt_ids))
+    out = OutputBuffer(max_new_tokens, eos_ids)
+    first = int(engine.prefill(prompt_ids).argmax())
+    trace.record("prefill", fed=len(prompt_ids), accepted=out.accept([first]))
+    return trace, out, first
+
+
+def greedy_start_batch(
+    engine: BatchedEngine, prompts: list[list[int]], max_new_tokens: int, eos_ids: frozenset[int]
+) -> tuple[list[Trace], list[OutputBuffer], list[int]]:
+    """:func:`greedy_start` for a batch: one trace and buffer per prompt, all prompts
+    prefilled in one batched forward, each row's first token accepted and recorded.
+    Returns ``(traces, outs, firsts)``."""
+    traces, outs = new_outputs(prompts, max_new_tokens, eos_ids)
+    firsts = engine.prefill(prompts).argmax(dim=-1).tolist()
+    for b, first in enumerate(firsts):
+        traces[b].record("prefill", fed=len(prompts[b]), accepted=outs[b].accept([first]))
+    return traces, outs, firsts
+
+
 def _format_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

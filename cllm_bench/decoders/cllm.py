@@ -8,7 +8,7 @@ fast-forward/stationary bookkeeping); run it with ``--models <cllm checkpoint>``
 ``lookahead=true`` — **our own construction** (neither the CLLM nor the lookahead repository
 contains code combining them; shared/REFERENCE_IMPLEMENTATIONS.md §A.8):
 
-* an :class:`~cllm_bench.baselines.ngram_pool.NGramPool` (n-gram size ``ngram``, LRU of
+* an :class:`~cllm_bench.decoders.ngram_pool.NGramPool` (n-gram size ``ngram``, LRU of
   ``g`` per key) is fed with the prompt's and the output's n-grams and with the n-grams of
   every Jacobi state the block visits (the state after each iteration, from the first
   unverified position on);
@@ -39,8 +39,8 @@ from typing import Any
 
 import torch
 
-from cllm_bench.baselines.ngram_pool import NGramPool
-from cllm_bench.decoders.base import OutputBuffer
+from cllm_bench.decoders.ngram_pool import NGramPool
+from cllm_bench.decoders.base import OutputBuffer, greedy_start
 from cllm_bench.decoders.jacobi import JacobiDecoder, first_mismatch, initial_guess
 from cllm_bench.engines.protocols import SingleEngine
 from cllm_bench.errors import UserError
@@ -134,13 +134,10 @@ class CLLMDecoder(JacobiDecoder):
     def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         if not self.lookahead:
             return super().generate(engine, prompt_ids, max_new_tokens, eos_ids)
-        trace = Trace(prompt_len=len(prompt_ids))
-        out = OutputBuffer(max_new_tokens, eos_ids)
+        trace, out, first = greedy_start(engine, prompt_ids, max_new_tokens, eos_ids)
         rng = random.Random(self.seed)
         pool = NGramPool(self.ngram, self.g)
         pool.add_sequence(list(prompt_ids))
-        first = int(engine.prefill(prompt_ids).argmax())
-        trace.record("prefill", fed=len(prompt_ids), accepted=out.accept([first]))
         context = list(prompt_ids)
         while not out.done:
             first = self.decode_block_with_pool(engine, trace, out, first, context, rng, pool)

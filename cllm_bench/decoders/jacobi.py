@@ -32,7 +32,7 @@ import random
 from dataclasses import dataclass, field
 
 from cllm_bench.engines.batch import pad_batch
-from cllm_bench.decoders.base import Decoder, OutputBuffer, new_outputs
+from cllm_bench.decoders.base import Decoder, OutputBuffer, greedy_start, greedy_start_batch
 from cllm_bench.engines.protocols import BatchedEngine, SingleEngine
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import JacobiBlock, Trace
@@ -138,11 +138,8 @@ class JacobiDecoder(Decoder):
             raise ValueError(f"init must be one of {INIT_CHOICES}, got {self.init!r}")
 
     def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
-        trace = Trace(prompt_len=len(prompt_ids))
-        out = OutputBuffer(max_new_tokens, eos_ids)
+        trace, out, first = greedy_start(engine, prompt_ids, max_new_tokens, eos_ids)
         rng = random.Random(self.seed)
-        first = int(engine.prefill(prompt_ids).argmax())
-        trace.record("prefill", fed=len(prompt_ids), accepted=out.accept([first]))
         context = list(prompt_ids)
         while not out.done:
             first = self.decode_block(engine, trace, out, first, context, rng)
@@ -190,13 +187,11 @@ class JacobiDecoder(Decoder):
         """Every unfinished row runs its own block; one batched forward carries each row's
         not-yet-cached suffix (right-padded to the longest), then each row keeps its own
         verified prefix. Each row's trace equals :meth:`generate`'s on that prompt."""
-        traces, outs = new_outputs(prompts, max_new_tokens, eos_ids)
+        traces, outs, firsts = greedy_start_batch(engine, prompts, max_new_tokens, eos_ids)
         rngs = [random.Random(self.seed) for _ in prompts]
         contexts = [list(p) for p in prompts]
-        firsts = engine.prefill(prompts).argmax(dim=-1).tolist()
         runs: list[BlockRun | None] = []
         for b, first in enumerate(firsts):
-            traces[b].record("prefill", fed=len(prompts[b]), accepted=outs[b].accept([first]))
             runs.append(None if outs[b].done else self.start_block(traces[b], outs[b], first, contexts[b], rngs[b], len(prompts[b])))
         while any(r is not None for r in runs):
             feeds = [r.feed() if r is not None else [] for r in runs]
