@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cllm_bench import Decoder, OutputBuffer, Trace, register_decoder
+from cllm_bench import Decoder, OutputBuffer, SingleEngine, Trace, register_decoder
 
 
 def echo_proposal(output: list[int], ngram: int, k: int, max_period: int) -> list[int]:
@@ -56,7 +56,7 @@ class NGramEchoDecoder(Decoder):
         if min(self.ngram, self.k, self.max_period) < 1:
             raise ValueError("ngram, k and max_period must be >= 1")
 
-    def generate(self, engine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
+    def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         trace = Trace(prompt_len=len(prompt_ids))
         out = OutputBuffer(max_new_tokens, eos_ids)  # the shared stopping rule
         x = int(engine.prefill(prompt_ids).argmax())  # forward 1: the prompt
