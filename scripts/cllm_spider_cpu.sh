@@ -21,7 +21,7 @@ LOG="$RESULTS/commands.md"
 [ -f "$LOG" ] || {
   echo "# CLLM on Spider, CPU (issue 16)"
   echo
-  echo "invocation: \`N_TRAIN=$N_TRAIN MAX_NEW=$MAX_NEW N=$N EPOCHS=$EPOCHS LR=$LR SPB=$SPB EVAL_EVERY=$EVAL_EVERY THREADS=$OMP_NUM_THREADS scripts/cllm_spider_cpu.sh\`; started $(date -u +%FT%TZ) on $(nproc) cores"
+  echo "invocation: \`N_TRAIN=$N_TRAIN MAX_NEW=$MAX_NEW N=$N EPOCHS=$EPOCHS LR=$LR SPB=$SPB EVAL_EVERY=$EVAL_EVERY THREADS=$OMP_NUM_THREADS scripts/cllm_spider_cpu.sh\`; started $(date -u +%FT%TZ) on $(nproc --all) cores"
   echo
   echo "| step | command | wall time (s) |"
   echo "| --- | --- | ---: |"
