@@ -221,7 +221,7 @@ def add_train_parser(sub: Any) -> None:
     try:
         from cllm_bench.trainers.cli import add_train_subcommands
     except ImportError as exc:
-        p.set_defaults(func=lambda a: _unavailable("train", exc))
+        p.set_defaults(func=lambda a, exc=exc: _unavailable("train", exc))
         return
     add_train_subcommands(p.add_subparsers(dest="what", required=True, metavar="WHAT"))
     p.set_defaults(func=cmd_train)

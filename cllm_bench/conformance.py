@@ -185,7 +185,7 @@ def _run_model(spec: str, model_name: str, model: Any, rows: dict[str, CheckRow]
     try:
         decoder.prepare(target)
     except Exception as exc:
-        rows["builds"].record(False, lambda: f"{model_name}: prepare failed: {exception_line(exc)}")
+        rows["builds"].record(False, lambda exc=exc: f"{model_name}: prepare failed: {exception_line(exc)}")
         return
     rows["builds"].record(True, str)
     cases = build_cases(model_name, model, build_engine(model, EngineOptions()))
@@ -228,7 +228,7 @@ def check_batch(decoder: Decoder, model_name: str, model: Any, cases: list[Case]
             for trace in traces:
                 check_trace(trace, max_new, eos)
         except Exception as exc:  # a raising decoder or a broken trace (TraceError)
-            row.record(False, lambda: f"{label}: {exception_line(exc)}")
+            row.record(False, lambda exc=exc: f"{label}: {exception_line(exc)}")
             continue
         if not decoder.lossless:
             row.record(len(traces) == len(prompts), lambda: f"{label}: {len(traces)} traces for {len(prompts)} prompts")
@@ -268,7 +268,7 @@ def _generate(decoder: Decoder, engine: Any, case: Case, row: CheckRow) -> Any:
         with torch.inference_mode():
             trace = decoder.generate(engine, list(case.prompt), case.max_new, case.eos)
     except Exception as exc:
-        row.record(False, lambda: f"{case.label()}: {exception_line(exc)}")
+        row.record(False, lambda exc=exc: f"{case.label()}: {exception_line(exc)}")
         return None
     row.record(True, str)
     return trace
@@ -285,7 +285,7 @@ def check_case(decoder: Decoder, engine: Any, case: Case, trace: Any, rows: dict
             raise TraceError(f"trace.prompt_len = {trace.prompt_len} but the prompt has {len(case.prompt)} tokens")
         rows["trace invariants"].record(True, str)
     except TraceError as err:
-        rows["trace invariants"].record(False, lambda: f"{label}: {err}")
+        rows["trace invariants"].record(False, lambda err=err: f"{label}: {err}")
     if decoder.lossless:
         same = trace.tokens == case.expected
         row = rows["same tokens as ar"] if case.eos == NO_EOS else rows["stops at EOS"]

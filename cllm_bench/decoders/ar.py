@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from cllm_bench.decoders.base import Decoder, greedy_start, new_outputs
 from cllm_bench.engines.protocols import BatchedEngine, SingleEngine
