@@ -33,7 +33,7 @@ if [ -n "${BUDGET_S:-}" ]; then
   mkdir -p "$WORK" "$RESULTS"
   PLAN_T0=$SECONDS
   eval "$(cllm-bench train plan --model "$MODEL" --prompts "$TASK" --data-dir "$DATA" --budget-s "$BUDGET_S" \
-    --n "$N" --max-new-tokens "$MAX_NEW" --decoders 2 ${MAX_TRAIN:+--max-train "$MAX_TRAIN"} \
+    --n "$N" --max-new-tokens "$MAX_NEW" --decoders 2 ${MAX_TRAIN:+--max-train "$MAX_TRAIN"} ${MAX_EVAL:+--max-eval "$MAX_EVAL"} \
     --out "$RESULTS/plan.json" | tail -n 1)"
   PLAN_S=$((SECONDS - PLAN_T0))
   EXEC=(); [ "$TASK" != "gsm8k" ] && EXEC=(--allow-code-execution)

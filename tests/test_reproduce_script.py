@@ -50,7 +50,7 @@ def test_budget_mode_plans_from_probed_throughput_and_runs(tiny_model_dir, tmp_p
     env = dict(os.environ)
     env.update(
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-        BUDGET_S="120", MAX_TRAIN="6", MAX_NEW="6", N="4", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
+        BUDGET_S="120", MAX_TRAIN="6", MAX_EVAL="12", MAX_NEW="6", N="4", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1",
         DATA=str(SHARED_DATA), WORK=str(tmp_path / "work"), RESULTS=str(tmp_path / "results"),
     )  # fmt: skip
     proc = subprocess.run(["bash", str(REPO / "scripts" / "reproduce_gsm8k.sh"), str(tiny_model_dir)], cwd=REPO,
@@ -58,14 +58,15 @@ def test_budget_mode_plans_from_probed_throughput_and_runs(tiny_model_dir, tmp_p
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = tmp_path / "results"
     plan = json.loads((results / "plan.json").read_text())
-    assert plan["n_train"] == 6 and plan["n_eval"] >= 10 and plan["budget_s"] == 120
+    assert plan["n_train"] == 6 and plan["n_eval"] == 12 and plan["budget_s"] == 120  # both capped
     assert plan["predicted_s"]["total"] <= 120 and all(v > 0 for v in plan["rates"].values())
     log = (results / "commands.md").read_text()
     for step in ("plan", "trajectories", "cllm", "run", "report"):
         assert f"| {step} |" in log
     assert json.loads((results / "manifest-traj.json").read_text())["prompts"] == 6
     rows = json.loads((results / "summary.json").read_text())["results"]
-    assert {r["decoder"] for r in rows} == {"ar", "jacobi:n=4"} and all(r["n_samples"] == plan["n_eval"] for r in rows)
+    assert {r["decoder"] for r in rows} == {"ar", "jacobi:n=4"}, rows
+    assert all(r["n_samples"] == plan["n_eval"] for r in rows), ([r["n_samples"] for r in rows], plan["n_eval"])
 
 
 def test_plan_sizes_fit_the_budget():
@@ -77,5 +78,7 @@ def test_plan_sizes_fit_the_budget():
     usable = 540 * 0.85 - 20
     assert plan.n_eval == int(usable * 0.25 // 2.0) and plan.n_train == int((usable - plan.n_eval * 2.0) // 1.0)
     assert plan.predicted_s["total"] <= 540 * 0.85
+    capped = plan_sizes(rates, 540, epochs=2, max_eval=20)
+    assert capped.n_eval == 20 and capped.n_train > plan.n_train  # the time left over trains more
     with pytest.raises(UserError, match="does not fit"):
         plan_sizes(rates, 30)

@@ -54,15 +54,19 @@ class Plan:
 
 
 def plan_sizes(rates: Rates, budget_s: float, *, epochs: int = 1, eval_share: float = 0.25, safety: float = 0.15,
-               stages: int = 4, min_eval: int = 10, max_train: int | None = None) -> Plan:  # fmt: skip
+               stages: int = 4, min_eval: int = 10, max_train: int | None = None,
+               max_eval: int | None = None) -> Plan:  # fmt: skip
     """Sizes that fit ``budget_s`` (see the module docstring). ``stages`` processes each pay
-    one model load. UserError when even the minimum (``min_eval`` questions, 1 training
-    prompt) does not fit."""
+    one model load; ``max_eval`` caps the questions (the evaluation split's size), the
+    time left over goes to training. UserError when even the minimum (``min_eval``
+    questions, 1 training prompt) does not fit."""
     if budget_s <= 0 or not 0 <= eval_share < 1 or not 0 <= safety < 1 or epochs < 1:
         raise UserError("--budget-s must be > 0, --eval-share and --safety in [0, 1), --epochs >= 1")
     usable = budget_s * (1 - safety) - stages * rates.load_s
     eval_s = max(usable * eval_share, min_eval * rates.eval_s_per_question)
     n_eval = max(min_eval, int(eval_s // rates.eval_s_per_question))
+    if max_eval is not None:
+        n_eval = min(n_eval, max_eval)
     rest = usable - n_eval * rates.eval_s_per_question
     per_prompt = rates.traj_s_per_prompt + epochs * rates.train_s_per_update
     n_train = int(rest // per_prompt) if rest > 0 else 0
@@ -162,8 +166,14 @@ def run(args: Any, console: Any = None) -> int:
     prompts = [task.prompt_ids(s, tokenizer) for s in samples]
     rates = measure_rates(args.model, prompts, n=args.n, max_new_tokens=args.max_new_tokens, decoders=args.decoders,
                           probe_steps=args.probe_steps, device=args.device, dtype=args.dtype)
+    from cllm_bench.registry import TASKS
+    from cllm_bench.tasks.base import TaskOptions
+
+    eval_task = TASKS.get(args.prompts)(TaskOptions(data_dir=Path(args.data_dir) if args.data_dir else None))
+    available = len(eval_task.samples())  # the task's default (evaluation) split, as `run` reads it
+    max_eval = min(available, args.max_eval) if args.max_eval else available
     plan = plan_sizes(rates, args.budget_s, epochs=args.epochs, eval_share=args.eval_share, safety=args.safety,
-                      min_eval=args.min_eval, max_train=args.max_train)
+                      min_eval=min(args.min_eval, max_eval), max_train=args.max_train, max_eval=max_eval)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = asdict(plan) | {"model": args.model, "prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens,

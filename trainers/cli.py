@@ -193,6 +193,7 @@ def add_plan(sub: Any) -> None:
     p.add_argument("--safety", type=float, default=0.15, help="share of the budget kept free")
     p.add_argument("--min-eval", type=_positive_int, default=10)
     p.add_argument("--max-train", type=_positive_int, default=None)
+    p.add_argument("--max-eval", type=_positive_int, default=None, help="cap the questions (default: the whole split)")
     p.add_argument("--probe-prompts", type=int, default=4)
     p.add_argument("--probe-steps", type=int, default=3)
     p.add_argument("--device", default="auto")
