@@ -411,7 +411,8 @@ def run_matrix(config: RunConfig, console: Console, results_root: Path = Path("r
     if group.world > 1 and not config.output_path:
         raise UserError("several processes need one run folder: pass --output-path")
     out = resolve_output_dir(config, results_root)
-    check_run_folder(out, config)
+    if group.is_main:  # the other processes check after the barrier in _run_locked: before it,
+        check_run_folder(out, config)  # process 0 may be mid-write (a temp file) in the folder
     # the first write: the folder and its lock (held by process 0 until the run ends)
     lock = RunFolderLock(out) if group.is_main else None
     with lock if lock is not None else contextlib.nullcontext():
