@@ -17,12 +17,10 @@ appends; the renderers (markdown, HTML, terminal) need nothing new.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from cllm_bench.categories import GROUP_LABELS, OVERALL, SPEC_BENCH_GROUPS
-from cllm_bench.errors import UserError
 from cllm_bench.report.blocks import DASH, Block, Section, TableBlock, TextBlock, fmt_num, fmt_speedup
 from cllm_bench.report.model import Cell, decoder_family, sorted_cells
 
@@ -112,15 +110,9 @@ def speed_sections(cells: Sequence[Cell], multi: bool) -> list[Section]:
 # --------------------------------------------------------------- Spec-Bench leaderboard
 def load_spec_bench_reference(path: Path = SPEC_BENCH_REFERENCE_JSON) -> dict[str, Any] | None:
     """The transcribed leaderboard, or None when the file is absent (installed without the source tree)."""
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); restore it from git") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
-        raise UserError(f'{path} has no "entries" list; restore it from git')
-    return data
+    from cllm_bench.report.facts import load_reference
+
+    return load_reference(path)
 
 
 def leaderboard_table(cells: Sequence[Cell], reference: Mapping[str, Any], multi: bool) -> TableBlock:
