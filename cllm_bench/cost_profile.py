@@ -46,6 +46,9 @@ class ProfileSettings:
 
     widths: tuple[int, ...] = DEFAULT_WIDTHS
     contexts: tuple[int, ...] = DEFAULT_CONTEXTS
+    #: widths of the tree-masked grid (None: ``widths`` >= 2) and of the drafts' grids (None: ``widths``)
+    tree_widths: tuple[int, ...] | None = None
+    draft_widths: tuple[int, ...] | None = None
     batch_sizes: tuple[int, ...] = (1,)
     repeats: int = 3
     calls: int = 5
@@ -60,6 +63,12 @@ class ProfileSettings:
             values = getattr(self, name)
             if not values or any(v < 1 for v in values):
                 raise UserError(f"--{name.replace('_', '-')} must be a comma list of integers >= 1, got {list(values)}")
+        if 1 not in self.widths:
+            raise UserError(f"--widths must include 1 (the step overhead is measured against a 1-token forward), got {list(self.widths)}")
+        for name in ("tree_widths", "draft_widths"):
+            values = getattr(self, name)
+            if values is not None and (list(values) != sorted(set(values)) or any(v < 1 for v in values)):
+                raise UserError(f"{name} must be strictly increasing integers >= 1, got {list(values)}")
         for name in ("repeats", "calls", "overhead_tokens"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
@@ -72,7 +81,18 @@ class ProfileSettings:
         (+ the engines' headroom)."""
         from cllm_bench.engines.factory import HEADROOM
 
-        return max(max(self.contexts) + max(self.widths), self.contexts[0] + self.overhead_tokens + 1) + HEADROOM
+        widest = max(self.widths + (self.tree_widths or ()) + (self.draft_widths or ()))
+        return max(max(self.contexts) + widest, self.contexts[0] + self.overhead_tokens + 1) + HEADROOM
+
+    def chain_widths(self, draft: bool) -> tuple[int, ...]:
+        """Widths of a chain grid: the target's, or a draft's (which always include 1)."""
+        if draft and self.draft_widths is not None:
+            return tuple(sorted({1, *self.draft_widths}))
+        return self.widths
+
+    def tree_grid_widths(self) -> tuple[int, ...]:
+        """Widths of the tree-masked grid (a 1-token tree is a chain: never measured)."""
+        return tuple(w for w in (self.tree_widths if self.tree_widths is not None else self.widths) if w >= 2)
 
 
 def binary_tree_mask(width: int) -> torch.Tensor:
@@ -189,16 +209,18 @@ def measure_heads(spec: str, model: Any, settings: ProfileSettings, device: torc
 
 
 def profile_model(name: str, model: Any, engine: Any, batched: Callable[[int], Any] | None, settings: ProfileSettings,
-                  device: torch.device, log: Callable[[str], None]) -> ModelCosts:  # fmt: skip
+                  device: torch.device, log: Callable[[str], None], draft: bool = False) -> ModelCosts:  # fmt: skip
     """Every grid of one model plus its step overhead. ``batched(B)``: a batch-B engine
-    (None: batch 1 only, e.g. a draft model)."""
+    (None: batch 1 only, e.g. a draft model). ``draft``: a draft model (its chain grid takes
+    :attr:`ProfileSettings.draft_widths` when set)."""
     vocab = int(model_identity(model).get("vocab_size") or model.get_output_embeddings().weight.shape[0])
     grids = []
+    chain_widths = settings.chain_widths(draft)
     for batch in sorted({1, *settings.batch_sizes}) if batched is not None else (1,):  # batch 1 first: the overhead needs it
         eng = engine if batch == 1 else batched(batch)  # type: ignore[misc]
-        log(f"{name}: batch {batch}, chain widths {list(settings.widths)} x contexts {list(settings.contexts)}")
-        grids.append(measure_grid(eng, vocab, batch, False, settings.widths, settings, device))
-        tree_widths = [w for w in settings.widths if w >= 2]
+        log(f"{name}: batch {batch}, chain widths {list(chain_widths)} x contexts {list(settings.contexts)}")
+        grids.append(measure_grid(eng, vocab, batch, False, chain_widths, settings, device))
+        tree_widths = list(settings.tree_grid_widths())
         if batch == 1 and settings.tree and tree_widths:
             log(f"{name}: batch 1, tree-masked widths {tree_widths}")
             grids.append(measure_grid(eng, vocab, 1, True, tree_widths, settings, device))
@@ -238,7 +260,7 @@ def run_profile(model_spec: str, drafts: Sequence[str], settings: ProfileSetting
     for spec in drafts:
         draft_model = load_draft(spec, loaded.model, loaded.tokenizer)
         draft_engine = build_companion_engine(engine, draft_model)
-        draft_costs[spec] = profile_model(spec, draft_model, draft_engine, None, settings, loaded.device, log)
+        draft_costs[spec] = profile_model(spec, draft_model, draft_engine, None, settings, loaded.device, log, draft=True)
         health.after_sample()
     head_costs = {}
     for spec in heads:
@@ -250,7 +272,9 @@ def run_profile(model_spec: str, drafts: Sequence[str], settings: ProfileSetting
         log(f"warning: {warning}")
     dtype_name = str(next(loaded.model.parameters()).dtype).replace("torch.", "")
     prov = provenance(loaded.device, dtype_name, 0, {"settings": {
-        "widths": list(settings.widths), "contexts": list(settings.contexts), "batch_sizes": list(settings.batch_sizes),
+        "widths": list(settings.widths), "tree_widths": list(settings.tree_grid_widths()),
+        "draft_widths": list(settings.chain_widths(draft=True)), "contexts": list(settings.contexts),
+        "batch_sizes": list(settings.batch_sizes),
         "repeats": settings.repeats, "calls": settings.calls, "warmup": settings.warmup, "tree": settings.tree,
         "overhead_tokens": settings.overhead_tokens}, "measured": True, "timing_health": health.summary()})  # fmt: skip
     return CostTable(device=str(loaded.device), device_name=prov["device_name"], dtype=dtype_name, engine=engine_name,
@@ -274,3 +298,40 @@ def contexts_for_run(run_dir: Path) -> tuple[int, ...]:
     if longest == 0:
         raise UserError(f"{run_dir} has no per-forward trace data (no `forward_trace` in samples.jsonl); pass --contexts")
     return tuple(sorted({max(1, longest // 8), max(1, longest // 2), longest}))
+
+
+@dataclass(frozen=True)
+class RunWidths:
+    """The distinct widths of a run's decode forwards, by the grid that prices them."""
+
+    chain: tuple[int, ...]  # target forwards without a tree mask (always holds 1)
+    tree: tuple[int, ...]  # target forwards with a tree mask
+    draft: tuple[int, ...]  # draft forwards (a draft's prompt pass included)
+
+
+def widths_for_run(run_dir: Path) -> RunWidths:
+    """Every width a run's decode forwards used (``forward_trace``; prefills ``p`` apart, they
+    are TTFT), so the profile measures exactly those instead of interpolating between powers
+    of two: on a CPU the cost of a forward is not smooth in its width (a GEMM of 2 or 11 rows
+    can cost more than one of 8 or 16), and an interpolated curve misprices decoders whose
+    widths fall between the points (docs/predict.md, "Validation")."""
+    from cllm_bench.results_io import iter_jsonl
+
+    path = Path(run_dir) / "samples.jsonl"
+    if not path.exists():
+        raise UserError(f"{path} not found; --widths-from takes a folder written by `cllm-bench run`")
+    chain, tree, draft = {1}, set(), set()
+    found = False
+    for rec in iter_jsonl(path):
+        trace = rec.get("forward_trace")
+        if not isinstance(trace, dict):
+            continue
+        found = True
+        for kind, fed in zip(trace["kinds"], trace["fed"]):
+            if kind == "d":
+                draft.add(int(fed))
+            elif kind == "t":
+                (tree if trace.get("tree") and fed > 1 else chain).add(int(fed))
+    if not found:
+        raise UserError(f"{run_dir} has no per-forward trace data (no `forward_trace` in samples.jsonl); pass --widths")
+    return RunWidths(tuple(sorted(chain)), tuple(sorted(tree)), tuple(sorted(draft)))

@@ -28,7 +28,10 @@ def add_predict_parsers(sub: Any) -> None:
     p.add_argument("--heads", action="append", default=[], metavar="SPEC",
                    help="also time Medusa heads as `medusa:heads=SPEC` takes them, e.g. random:4 (repeatable)")
     p.add_argument("--batch-sizes", default="1", help="comma list (default 1; batch 1 is always profiled)")
-    p.add_argument("--widths", default="1,2,4,8,16,32,64,128", help="tokens per forward (comma list)")
+    p.add_argument("--widths", default=None, help="tokens per forward (comma list; default 1,2,4,8,16,32,64,128)")
+    p.add_argument("--widths-from", metavar="RUN_DIR",
+                   help="measure exactly the widths this run's forwards used (chain, tree and draft grids apart) "
+                        "instead of --widths: no interpolation between widths")
     p.add_argument("--contexts", default=None, help="KV-cache lengths (comma list; default 32,128,512)")
     p.add_argument("--contexts-from", metavar="RUN_DIR",
                    help="take three contexts up to the longest forward of this run instead of --contexts")
@@ -59,7 +62,7 @@ def default_output(table: Any) -> Path:
 def cmd_profile(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from cllm_bench.cost_profile import DEFAULT_CONTEXTS, ProfileSettings, contexts_for_run, run_profile
+    from cllm_bench.cost_profile import DEFAULT_CONTEXTS, DEFAULT_WIDTHS, ProfileSettings, contexts_for_run, run_profile, widths_for_run
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if len(models) != 1:
@@ -70,8 +73,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
         contexts = contexts_for_run(Path(args.contexts_from))
     else:
         contexts = int_list(args.contexts, "--contexts") if args.contexts else DEFAULT_CONTEXTS
+    if args.widths and args.widths_from:
+        raise UserError("pass --widths or --widths-from, not both")
+    tree_widths = draft_widths = None
+    if args.widths_from:
+        used = widths_for_run(Path(args.widths_from))
+        widths, tree_widths, draft_widths = used.chain, used.tree, used.draft or None
+    else:
+        widths = int_list(args.widths, "--widths") if args.widths else DEFAULT_WIDTHS
     settings = ProfileSettings(
-        widths=int_list(args.widths, "--widths"), contexts=contexts,
+        widths=widths, contexts=contexts, tree_widths=tree_widths, draft_widths=draft_widths,
         batch_sizes=int_list(args.batch_sizes, "--batch-sizes"), repeats=args.repeats, calls=args.calls,
         warmup=args.warmup, tree=not args.no_tree, overhead_tokens=args.overhead_tokens, engine=args.engine,
         compile=args.compile,

@@ -9,8 +9,13 @@
 # Estimated wall time on the 2-core CPU machine (SmolLM2-135M fp32, ~45 ms per 1-token
 # forward, ~4x that at 64 tokens): run ~12-15 min (6 decoders x 5 prompts x 64 tokens x
 # 3 repeats + 1 warm-up each; Medusa's 64-token tree forwards are the slowest cell, ~4 min),
-# profile ~3 min (8 widths x 3 contexts, chain + tree, 17 forwards per point, the ar
-# overhead loop, the self:layers=4 draft), predict seconds: ~15-20 min in all.
+# profile ~5 min (every width the run's forwards used, ~16 chain + ~13 tree + ~8 draft widths,
+# x 3 contexts, 17 forwards per point, the ar overhead loop), predict seconds: ~20 min in all.
+#
+# The profile measures exactly the widths the run used (--widths-from): on this CPU the cost
+# of a forward is not smooth in its width (2 rows cost more than 8), so a table of powers of
+# two interpolated in between mispriced prompt lookup by +34% and Jacobi by +20% (first
+# validation, 2026-11-29; docs/predict.md, "Validation").
 #
 #   bash scripts/validate_predict.sh [OUT_DIR]     # default results/validate-predict-cpu
 set -euo pipefail
@@ -28,7 +33,7 @@ cllm-bench run --models "$MODEL" --decoders "$DECODERS" --tasks humaneval --limi
   --max-new-tokens 64 --repeats 3 --warmup 1 --device cpu --dtype float32 --output-path "$OUT/run"
 
 # 2. this device's cost table, contexts up to the longest forward of that run
-cllm-bench profile --models "$MODEL" --draft "$DRAFT" --heads random:4 --widths 1,2,4,8,16,32,64,128 \
+cllm-bench profile --models "$MODEL" --draft "$DRAFT" --heads random:4 --widths-from "$OUT/run" \
   --contexts-from "$OUT/run" --repeats 3 --calls 5 --device cpu --dtype float32 --output "$OUT/cost-table.json"
 
 # 3. predict the run on its own device (no model loaded) and compare per decoder

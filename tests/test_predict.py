@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cllm_bench.cli import main
-from cllm_bench.cost_profile import binary_tree_mask
+from cllm_bench.cost_profile import ProfileSettings, binary_tree_mask, widths_for_run
 from cllm_bench.cost_table import FORMAT, CostTable, Grid, HeadCost, ModelCosts, interpolate, load_cost_table
 from cllm_bench.decoders.base import build_decoder
 from cllm_bench.engines import Engine
@@ -196,6 +196,30 @@ def test_predict_errors(tmp_path, capsys):
     assert "one model per cost table" in capsys.readouterr().err
     assert main(["profile", "--models", "a", "--widths", "1,x"]) == 2
     assert "--widths" in capsys.readouterr().err
+
+
+def test_widths_for_run_splits_chain_tree_and_draft_widths(tmp_path):
+    chain = {"kinds": "pttt", "fed": [8, 1, 3, 11], "context": [0, 8, 9, 12], "tree": False, "generated": 5}
+    tree = {"kinds": "pttt", "fed": [8, 28, 1, 56], "context": [0, 8, 10, 11], "tree": True, "generated": 5}
+    spec = {"kinds": "pdtddt", "fed": [8, 8, 5, 2, 1, 3], "context": [0, 0, 8, 9, 11, 12], "tree": False, "generated": 5}
+    run = write_run(tmp_path / "run", {"jacobi": [chain], "lookahead": [tree], "speculative": [spec]})
+    used = widths_for_run(run)
+    # 1 is always a chain width; a tree decoder's 1-token forward is priced as a chain (no mask to apply)
+    assert used.chain == (1, 3, 5, 11) and used.tree == (28, 56) and used.draft == (1, 2, 8)
+    settings = ProfileSettings(widths=used.chain, tree_widths=used.tree, draft_widths=used.draft)
+    settings.check()
+    assert settings.chain_widths(draft=False) == (1, 3, 5, 11) and settings.chain_widths(draft=True) == (1, 2, 8)
+    assert settings.tree_grid_widths() == (28, 56) and settings.capacity >= 512 + 56
+
+
+def test_profile_width_errors(tmp_path, capsys):
+    run = write_run(tmp_path / "run", {"ar": [ar_trace(4)]})
+    assert main(["profile", "--models", "a", "--widths", "1,2", "--widths-from", str(run)]) == 2
+    assert "--widths or --widths-from" in capsys.readouterr().err
+    assert main(["profile", "--models", "a", "--widths", "2,4"]) == 2
+    assert "must include 1" in capsys.readouterr().err
+    assert main(["profile", "--models", "a", "--widths-from", str(tmp_path / "missing")]) == 2
+    assert "--widths-from takes a folder" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ derived contexts match the engine
