@@ -7,7 +7,8 @@ here (dynamic eager on CPU, static + compiled on CUDA, unless told otherwise):
   x batch size: prefill ``c`` dummy tokens, then per repeat ``calls`` forwards, each timed
   alone between two device synchronisations and rolled back (rollback not timed); the
   repeat's value is the mean over its calls, the table keeps the median over repeats and
-  the spread (max - min);
+  the spread (max - min). Each repeat visits every point of the context (chain and tree
+  widths together) in a shuffled order (:func:`measure_grids`);
 * the same with a tree attention mask (batch 1, widths >= 2; the mask of a binary tree:
   token i sees its ancestors, parent (i - 1) // 2) — the shape lookahead/Medusa/EAGLE verify;
 * Medusa heads (``--heads SPEC``): one call of the heads on one hidden state, as Medusa runs
@@ -23,6 +24,7 @@ the table's ``provenance.timing_health`` and a busy machine is warned about.
 
 from __future__ import annotations
 
+import random
 import statistics
 import time
 from dataclasses import dataclass
@@ -114,60 +116,84 @@ def dummy_ids(n: int, vocab: int) -> list[int]:
     return [3 + (i * 7919) % span for i in range(n)]
 
 
+def _time_block(run: Callable[[], None], undo: Callable[[], None], device: torch.device, calls: int) -> float:
+    """Mean ms of ``calls`` calls of ``run``, each timed alone between two device
+    synchronisations and followed by ``undo`` (not timed)."""
+    total = 0.0
+    for _ in range(calls):
+        synchronize(device)
+        t0 = time.perf_counter()
+        run()
+        synchronize(device)
+        total += time.perf_counter() - t0
+        undo()
+    return total * 1000 / calls
+
+
 def _time_calls(run: Callable[[], None], undo: Callable[[], None], device: torch.device, settings: ProfileSettings) -> list[float]:
     """ms per call of ``run`` for each repeat (mean over ``calls``), after ``warmup`` calls."""
     for _ in range(settings.warmup):
         run()
         undo()
-    per_repeat = []
-    for _ in range(settings.repeats):
-        total = 0.0
-        for _ in range(settings.calls):
-            synchronize(device)
-            t0 = time.perf_counter()
-            run()
-            synchronize(device)
-            total += time.perf_counter() - t0
-            undo()
-        per_repeat.append(total * 1000 / settings.calls)
-    return per_repeat
+    return [_time_block(run, undo, device, settings.calls) for _ in range(settings.repeats)]
 
 
 def _median_spread(values: Sequence[float]) -> tuple[float, float]:
     return statistics.median(values), max(values) - min(values)
 
 
-def measure_grid(engine: Any, vocab: int, batch: int, tree: bool, widths: Sequence[int], settings: ProfileSettings,
-                 device: torch.device) -> Grid:  # fmt: skip
-    """One :class:`Grid` on ``engine`` (an :class:`~cllm_bench.engines.protocols.SingleEngine` engine at
-    batch 1, a batched engine otherwise)."""
-    ms, spread = [], []
-    for context in settings.contexts:
-        row, row_spread = [], []
+def measure_grids(engine: Any, vocab: int, batch: int, shapes: Sequence[tuple[bool, Sequence[int]]],
+                  settings: ProfileSettings, device: torch.device) -> list[Grid]:  # fmt: skip
+    """The grids of one engine, measured together: one :class:`Grid` per ``(tree, widths)`` of
+    ``shapes`` (tree masks at batch 1 only), on ``engine`` (a
+    :class:`~cllm_bench.engines.protocols.SingleEngine` at batch 1, a batched engine otherwise).
+
+    At each context the cache is prefilled once; every point (mask kind x width) gets
+    ``warmup`` untimed forwards, then each of the ``repeats`` visits every point once, in an
+    order shuffled per repeat (seeded: the same order on every run). On this CPU the cost
+    of the same forward drifts by ~15% over minutes; measured point after point, a slow
+    phase would fall on one grid or one range of widths and bias their ratio, which is what
+    ``predict`` uses. Interleaved, it falls on all points alike (and shows in the spread).
+    """
+    rng = random.Random(0)
+    grids_ms = [[[0.0] * len(widths) for _ in settings.contexts] for _, widths in shapes]
+    grids_spread = [[[0.0] * len(widths) for _ in settings.contexts] for _, widths in shapes]
+    for ci, context in enumerate(settings.contexts):
         if batch == 1:
             engine.prefill(dummy_ids(context, vocab))
             base = engine.length
+            undo: Callable[[], None] = lambda: engine.rollback(base)  # noqa: E731
         else:
             engine.prefill([dummy_ids(context, vocab)] * batch)
             base_lengths = engine.lengths.clone()
-        for width in widths:
-            if batch == 1:
-                ids = engine.ids_tensor(dummy_ids(width, vocab))
-                mask = binary_tree_mask(width) if tree else None
-                run = lambda: engine.forward(ids, tree_mask=mask)  # noqa: E731
-                undo = lambda: engine.rollback(base)  # noqa: E731
-            else:
-                block = torch.tensor([dummy_ids(width, vocab)] * batch, dtype=torch.long, device=device)
-                run = lambda: engine.forward(block)  # noqa: E731
-                undo = lambda: engine.truncate(base_lengths)  # noqa: E731
-            with torch.inference_mode():
-                med, spr = _median_spread(_time_calls(run, undo, device, settings))
-            row.append(med)
-            row_spread.append(spr)
-        ms.append(tuple(row))
-        spread.append(tuple(row_spread))
-    return Grid(batch=batch, tree=tree, widths=tuple(widths), contexts=settings.contexts, ms=tuple(ms),
-                spread_ms=tuple(spread))  # fmt: skip
+            undo = lambda: engine.truncate(base_lengths)  # noqa: E731
+        runs: dict[tuple[int, int], Callable[[], Any]] = {}
+        for g, (tree, widths) in enumerate(shapes):
+            for j, width in enumerate(widths):
+                if batch == 1:
+                    ids = engine.ids_tensor(dummy_ids(width, vocab))
+                    mask = binary_tree_mask(width) if tree else None
+                    runs[g, j] = lambda ids=ids, mask=mask: engine.forward(ids, tree_mask=mask)
+                else:
+                    block = torch.tensor([dummy_ids(width, vocab)] * batch, dtype=torch.long, device=device)
+                    runs[g, j] = lambda block=block: engine.forward(block)
+        points = list(runs)
+        per_repeat: dict[tuple[int, int], list[float]] = {p: [] for p in points}
+        with torch.inference_mode():
+            for point in points:
+                for _ in range(settings.warmup):
+                    runs[point]()
+                    undo()
+            for _ in range(settings.repeats):
+                order = list(points)
+                rng.shuffle(order)
+                for point in order:
+                    per_repeat[point].append(_time_block(runs[point], undo, device, settings.calls))
+        for (g, j), values in per_repeat.items():
+            grids_ms[g][ci][j], grids_spread[g][ci][j] = _median_spread(values)
+    return [Grid(batch=batch, tree=tree, widths=tuple(widths), contexts=settings.contexts,
+                 ms=tuple(tuple(row) for row in grids_ms[g]), spread_ms=tuple(tuple(row) for row in grids_spread[g]))
+            for g, (tree, widths) in enumerate(shapes)]  # fmt: skip
 
 
 def measure_overhead(engine: Any, vocab: int, chain: Grid, settings: ProfileSettings, device: torch.device) -> tuple[float, float]:
@@ -218,12 +244,13 @@ def profile_model(name: str, model: Any, engine: Any, batched: Callable[[int], A
     chain_widths = settings.chain_widths(draft)
     for batch in sorted({1, *settings.batch_sizes}) if batched is not None else (1,):  # batch 1 first: the overhead needs it
         eng = engine if batch == 1 else batched(batch)  # type: ignore[misc]
-        log(f"{name}: batch {batch}, chain widths {list(chain_widths)} x contexts {list(settings.contexts)}")
-        grids.append(measure_grid(eng, vocab, batch, False, chain_widths, settings, device))
+        shapes: list[tuple[bool, Sequence[int]]] = [(False, chain_widths)]
         tree_widths = list(settings.tree_grid_widths())
         if batch == 1 and settings.tree and tree_widths:
-            log(f"{name}: batch 1, tree-masked widths {tree_widths}")
-            grids.append(measure_grid(eng, vocab, 1, True, tree_widths, settings, device))
+            shapes.append((True, tree_widths))
+        what = f"chain widths {list(chain_widths)}" + (f" + tree-masked widths {tree_widths}" if len(shapes) > 1 else "")
+        log(f"{name}: batch {batch}, {what} x contexts {list(settings.contexts)}, interleaved")
+        grids.extend(measure_grids(eng, vocab, batch, shapes, settings, device))
     log(f"{name}: ar step overhead ({settings.overhead_tokens} tokens)")
     overhead, spread = measure_overhead(engine, vocab, grids[0], settings, device)
     return ModelCosts(name=name, identity=model_identity(model), step_overhead_ms=overhead, grids=tuple(grids),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cllm_bench.cli import main
-from cllm_bench.cost_profile import ProfileSettings, binary_tree_mask, widths_for_run
+from cllm_bench.cost_profile import ProfileSettings, binary_tree_mask, measure_grids, widths_for_run
 from cllm_bench.cost_table import FORMAT, CostTable, Grid, HeadCost, ModelCosts, interpolate, load_cost_table
 from cllm_bench.decoders.base import build_decoder
 from cllm_bench.engines import Engine
@@ -210,6 +210,49 @@ def test_widths_for_run_splits_chain_tree_and_draft_widths(tmp_path):
     settings.check()
     assert settings.chain_widths(draft=False) == (1, 3, 5, 11) and settings.chain_widths(draft=True) == (1, 2, 8)
     assert settings.tree_grid_widths() == (28, 56) and settings.capacity >= 512 + 56
+
+
+class CountingEngine:
+    """A stand-in engine (no model): notes every forward's (width, tree, cache length)."""
+
+    def __init__(self) -> None:
+        self.length = 0
+        self.seen: list[tuple[int, bool, int]] = []
+
+    def prefill(self, ids):
+        self.length = len(ids)
+
+    def ids_tensor(self, ids):
+        return torch.tensor([ids])
+
+    def forward(self, ids, tree_mask=None):
+        self.seen.append((ids.shape[1], tree_mask is not None, self.length))
+        self.length += ids.shape[1]
+
+    def rollback(self, length):
+        self.length = length
+
+
+def test_measure_grids_interleaves_chain_and_tree_points_per_repeat():
+    settings = ProfileSettings(widths=(1, 3), contexts=(5, 9), repeats=4, calls=2, warmup=1)
+    engine = CountingEngine()
+    grids = measure_grids(engine, 96, 1, [(False, (1, 3)), (True, (2, 6))], settings, torch.device("cpu"))
+    assert [(g.tree, g.widths, g.contexts) for g in grids] == [(False, (1, 3), (5, 9)), (True, (2, 6), (5, 9))]
+    assert all(len(row) == 2 and all(v >= 0 for v in row) for g in grids for row in g.ms)
+    points = {(1, False), (3, False), (2, True), (6, True)}
+    per_context = len(points) * (settings.warmup + settings.repeats * settings.calls)
+    assert len(engine.seen) == 2 * per_context
+    for ci, context in enumerate((5, 9)):
+        seen = engine.seen[ci * per_context:(ci + 1) * per_context]
+        assert all(length == context for _, _, length in seen)  # every forward runs on the rolled-back context
+        timed = seen[len(points) * settings.warmup:]
+        repeats = [timed[r * 8:(r + 1) * 8] for r in range(settings.repeats)]
+        orders = []
+        for rep in repeats:  # each repeat: every point once, its calls back to back
+            order = [(w, t) for w, t, _ in rep[::settings.calls]]
+            assert set(order) == points and rep[1::settings.calls] == rep[::settings.calls]
+            orders.append(order)
+        assert len({tuple(o) for o in orders}) > 1  # shuffled, not grid after grid
 
 
 def test_profile_width_errors(tmp_path, capsys):
