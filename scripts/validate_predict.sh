@@ -14,8 +14,9 @@
 #
 # The profile measures exactly the widths the run used (--widths-from): on this CPU the cost
 # of a forward is not smooth in its width (2 rows cost more than 8), so a table of powers of
-# two interpolated in between mispriced prompt lookup by +34% and Jacobi by +20% (first
-# validation, 2026-11-29; docs/predict.md, "Validation").
+# two interpolated in between mispriced prompt lookup by +34% and Jacobi by +20%; with the
+# run's widths, interleaved, every decoder came within 6% (2026-11-29; docs/predict.md,
+# "Validation"; results/validate-predict-cpu/).
 #
 #   bash scripts/validate_predict.sh [OUT_DIR]     # default results/validate-predict-cpu
 set -euo pipefail
