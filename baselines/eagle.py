@@ -44,8 +44,9 @@ import torch
 from torch import nn
 
 from cllm_bench.baselines.medusa import build_tree
-from cllm_bench.decoders.verify import verify_tree
 from cllm_bench.decoders.base import Decoder, OutputBuffer
+from cllm_bench.decoders.companion import CompanionSlot
+from cllm_bench.decoders.verify import verify_tree
 from cllm_bench.eagle_head import EagleHead, check_head_fits, head_config, load_eagle_head, read_head_config
 from cllm_bench.engines.protocols import SingleEngine
 from cllm_bench.errors import UserError
@@ -307,8 +308,7 @@ class EagleDecoder(Decoder):
             )
         if self.head != "random":
             read_head_config(self.head)  # a missing or broken folder fails before any cell runs
-        self._head: EagleHead | None = None
-        self._head_for: Any = None
+        self._head: CompanionSlot[EagleHead] = CompanionSlot()
 
     def validate_target(self, target: Any) -> None:
         """Refuse a head whose hidden size or vocabulary does not fit ``target`` (no loading)."""
@@ -317,15 +317,18 @@ class EagleDecoder(Decoder):
             check_head_fits(cfg, target.model, self.head)
 
     def prepare(self, target: Any) -> None:
-        self._head = build_head(self.head, target.model, self.seed)
-        self._head_for = target.model
+        self._head.put(target.model, self._build_head(target.model))
+
+    def attach_head(self, head: EagleHead, model: Any) -> None:
+        """Use an already built ``head`` for ``model`` (tests, trainers)."""
+        self._head.put(model, head)
 
     def eagle_head(self, model: Any) -> EagleHead:
         """The head for ``model``, built on first use when :meth:`prepare` was not called."""
-        if self._head is None or self._head_for is not model:
-            self._head = build_head(self.head, model, self.seed)
-            self._head_for = model
-        return self._head
+        return self._head.get(model, self._build_head)
+
+    def _build_head(self, model: Any) -> EagleHead:
+        return build_head(self.head, model, self.seed)
 
     def static_paths(self, levels: int) -> list[tuple[int, ...]]:
         """EAGLE-1's tree cut to ranks < top_k and at most ``levels`` deep."""

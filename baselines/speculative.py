@@ -48,6 +48,7 @@ import torch
 from torch import nn
 
 from cllm_bench.decoders.base import Decoder, OutputBuffer, greedy_start_batch
+from cllm_bench.decoders.companion import CompanionSlot
 from cllm_bench.decoders.draft_verify import Proposal, pick_token, proposal_budget, run_chain
 from cllm_bench.decoders.verify import chain_accept
 from cllm_bench.engines.batch import pad_batch
@@ -303,28 +304,22 @@ class SpeculativeDecoder(Decoder):
             check_model_spec(source)  # a missing folder/file or unknown model_type fails before any write
         self.lossless = self.temperature == 0  # type: ignore[misc]  # instance value shadows the ClassVar
         self.supports_batch = self.temperature == 0  # type: ignore[misc]  # the batched path is greedy only
-        self._draft_model: Any = None
-        self._draft_for: Any = None  # the target model the draft was built for
+        self._draft: CompanionSlot[Any] = CompanionSlot()  # the draft model, for one target model
         self._draft_engine: SingleEngine | BatchedEngine | None = None
         self._draft_engine_for: tuple[Any, Any] = (None, None)  # (target engine, draft model)
 
     def prepare(self, target: Any) -> None:
         """Build/load the draft for ``target`` (a LoadedModel); checked against its vocabulary."""
-        self._draft_model = load_draft(self.draft, target.model, getattr(target, "tokenizer", None))
-        self._draft_for = target.model
+        self._draft.put(target.model, load_draft(self.draft, target.model, getattr(target, "tokenizer", None)))
 
     def attach_draft(self, draft_model: Any, target_model: Any) -> None:
         """Use an already built ``draft_model`` for ``target_model`` (tests, trainers); vocabulary checked."""
         check_same_vocabulary(target_model, draft_model, name=type(draft_model).__name__)
-        self._draft_model = draft_model
-        self._draft_for = target_model
+        self._draft.put(target_model, draft_model)
 
     def draft_model(self, target_model: Any) -> Any:
         """The draft for ``target_model``, built on first use when :meth:`prepare` was not called."""
-        if self._draft_model is None or self._draft_for is not target_model:
-            self._draft_model = load_draft(self.draft, target_model)
-            self._draft_for = target_model
-        return self._draft_model
+        return self._draft.get(target_model, lambda model: load_draft(self.draft, model))
 
     def draft_engine(self, engine: SingleEngine) -> SingleEngine:
         """The draft's engine for target ``engine``: same kind, own cache, reused across calls
