@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from cllm_bench.baselines.medusa import build_tree
-from cllm_bench.decoders.base import Decoder, OutputBuffer
+from cllm_bench.decoders.base import Decoder, OutputBuffer, prefill_all_hidden
 from cllm_bench.decoders.companion import CompanionSlot
 from cllm_bench.decoders.verify import verify_tree
 from cllm_bench.eagle_head import EagleHead, check_head_fits, head_config, load_eagle_head, read_head_config
@@ -253,18 +253,6 @@ def static_tree(drafter: FeatureDrafter, root_feature: torch.Tensor, base: int,
 
 
 # ------------------------------------------------------------------ the target's side
-def prefill_all_hidden(engine: SingleEngine, prompt_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prefill the prompt with one full forward into a fresh cache; return the last
-    position's logits [V] and the final hidden states of every prompt position [T, H]."""
-    if not prompt_ids:
-        raise ValueError("cannot prefill an empty prompt")
-    engine.reset()
-    logits, hidden = engine.forward(engine.ids_tensor(list(prompt_ids)), output_hidden=True)
-    if engine.on_prefill_done is not None:
-        engine.on_prefill_done()
-    return logits[0, -1], hidden[0]
-
-
 def build_head(spec: str, model: Any, seed: int = 0) -> EagleHead:
     """The head for ``model``: ``random`` (seeded, for smoke tests) or a head folder."""
     if spec == "random":

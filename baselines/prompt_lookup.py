@@ -19,13 +19,16 @@ here the *most recent* occurrence wins (fresher context, usually a better guess)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cllm_bench.decoders.base import Decoder
 from cllm_bench.decoders.draft_verify import Proposal, run_chain
 from cllm_bench.engines.protocols import SingleEngine
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import Trace
+
+if TYPE_CHECKING:
+    import torch
 
 
 class SuffixIndex:
@@ -70,7 +73,7 @@ class PromptLookupProposer:
     def __init__(self, min_ngram: int, ngram: int) -> None:
         self.index = SuffixIndex(min_ngram, ngram)
 
-    def start(self, prompt_ids: list[int], first: int, trace: Trace) -> None:
+    def start(self, prompt_ids: list[int], first: int, trace: Trace, hidden: torch.Tensor | None) -> None:
         self.index.extend(list(prompt_ids) + [first])
 
     def propose(self, budget: int, trace: Trace) -> Proposal:
@@ -80,7 +83,7 @@ class PromptLookupProposer:
     def step_info(self, proposal: Proposal, accepted: list[int]) -> dict[str, Any]:
         return {"matched_ngram": proposal.info["matched_ngram"]}
 
-    def commit(self, proposal: Proposal, accepted: list[int]) -> None:
+    def commit(self, proposal: Proposal, accepted: list[int], hidden: torch.Tensor | None) -> None:
         self.index.extend(accepted)
 
 

@@ -240,7 +240,7 @@ class DraftModelProposer:
         self.pending: list[int] = []
         self.base = 0  # the draft cache length before the current proposal
 
-    def start(self, prompt_ids: list[int], first: int, trace: Trace) -> None:
+    def start(self, prompt_ids: list[int], first: int, trace: Trace, hidden: torch.Tensor | None) -> None:
         self.pending = [first]
         self.draft.prefill(prompt_ids)
         trace.record("draft", fed=len(prompt_ids), accepted=0, prefill=True)
@@ -258,7 +258,7 @@ class DraftModelProposer:
     def step_info(self, proposal: Proposal, accepted: list[int]) -> dict[str, Any]:
         return {"draft_accepted": len(accepted) - 1}
 
-    def commit(self, proposal: Proposal, accepted: list[int]) -> None:
+    def commit(self, proposal: Proposal, accepted: list[int], hidden: torch.Tensor | None) -> None:
         """Roll the draft cache back to the accepted text; the rest becomes ``pending``."""
         k, m = len(proposal.tokens), len(accepted) - 1  # proposed, accepted draft tokens
         if k == 0:

@@ -7,7 +7,8 @@ n-gram echo, a feature-level draft head drafting a chain) writes only its propos
 
 1. prefill the target; its argmax (sampled when ``temperature > 0``) is the first output
    token x, recorded as the ``prefill`` step; :meth:`ChainProposer.start` primes the
-   proposer on the prompt and x;
+   proposer on the prompt and x (and the prompt's final hidden states, for a proposer
+   that drafts from the target's features);
 2. every step: :meth:`ChainProposer.propose` offers d_1..d_k (k <= the budget
    :func:`proposal_budget`, recording its own forwards as ``draft`` steps);
 3. the **scorer**: ONE target forward over ``[x, d_1..d_k]`` (:func:`score_chain`);
@@ -21,8 +22,13 @@ n-gram echo, a feature-level draft head drafting a chain) writes only its propos
    :meth:`ChainProposer.commit` lets the proposer update its own state and caches; the
    last accepted token is the next x (not cached: it is fed by the next forward).
 
-Tree-shaped proposals (Medusa, EAGLE trees, lookahead's n-gram branch) verify with
-:func:`~cllm_bench.decoders.verify.verify_tree` instead; they do not use this loop.
+A proposer that drafts from the target's features (EAGLE-style) runs the loop with
+``target_hidden=True``: the prefill then computes the prompt's final hidden states
+(:func:`~cllm_bench.decoders.base.prefill_all_hidden`), every verification forward its
+fed positions', and :meth:`~ChainProposer.start` / :meth:`~ChainProposer.commit` receive
+those of the prompt / of x and the accepted drafts. Tree-shaped proposals (Medusa, EAGLE
+trees, lookahead's n-gram branch) verify with :func:`~cllm_bench.decoders.verify.verify_tree`
+instead; they do not use this loop.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from typing import Any, Protocol
 
 import torch
 
-from cllm_bench.decoders.base import OutputBuffer, greedy_start
+from cllm_bench.decoders.base import OutputBuffer, prefill_all_hidden
 from cllm_bench.decoders.verify import chain_accept, sample_accept
 from cllm_bench.engines.protocols import SingleEngine
 from cllm_bench.trace import Trace
@@ -65,9 +71,10 @@ class ChainProposer(Protocol):
     caches (a draft model's KV) must hold only accepted text after :meth:`commit`.
     """
 
-    def start(self, prompt_ids: list[int], first: int, trace: Trace) -> None:
+    def start(self, prompt_ids: list[int], first: int, trace: Trace, hidden: torch.Tensor | None) -> None:
         """Prime on the prompt and the first output token ``first``; record any forward it
-        makes as a ``draft`` step (e.g. a draft model's prefill)."""
+        makes as a ``draft`` step (e.g. a draft model's prefill). ``hidden``: the target's
+        final hidden states of the prompt [T, H] with ``target_hidden``, else None."""
 
     def propose(self, budget: int, trace: Trace) -> Proposal:
         """At most ``budget`` (>= 0) tokens to follow the accepted text; record every forward
@@ -77,9 +84,11 @@ class ChainProposer(Protocol):
         """Decoder-specific fields of the ``target`` step that verified ``proposal``
         (``Step.info``, e.g. ``draft_accepted``), given what it accepted."""
 
-    def commit(self, proposal: Proposal, accepted: list[int]) -> None:
+    def commit(self, proposal: Proposal, accepted: list[int], hidden: torch.Tensor | None) -> None:
         """Verification accepted ``accepted`` = ``proposal.tokens[:m]`` + one target token
-        (1 <= len <= k + 1; the last is the next x): update state and caches to match."""
+        (1 <= len = m + 1 <= k + 1; the last is the next x): update state and caches to
+        match. ``hidden``: with ``target_hidden``, the target's final hidden states [m+1, H]
+        of x, d_1..d_m (row i is the feature that predicted ``accepted[i]``), else None."""
 
 
 def proposal_budget(k: int, remaining: int) -> int:
@@ -88,7 +97,9 @@ def proposal_budget(k: int, remaining: int) -> int:
     return max(0, min(k, remaining - 1))
 
 
-def pick_token(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> tuple[int, torch.Tensor | None]:
+def pick_token(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | None
+) -> tuple[int, torch.Tensor | None]:
     """Greedy (``temperature`` <= 0) or sampled token from logits [V]; also the distribution
     [V] (float64) it was sampled from, None when greedy."""
     if temperature <= 0:
@@ -99,22 +110,33 @@ def pick_token(logits: torch.Tensor, temperature: float, generator: torch.Genera
 
 def chain_start(
     engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int],
-    temperature: float = 0.0, generator: torch.Generator | None = None,
-) -> tuple[Trace, OutputBuffer, int]:  # fmt: skip
-    """:func:`~cllm_bench.decoders.base.greedy_start`, with the first token sampled at
-    ``temperature`` > 0. Returns ``(trace, out, first)``; the cache holds the prompt."""
-    if temperature <= 0:
-        return greedy_start(engine, prompt_ids, max_new_tokens, eos_ids)
+    temperature: float = 0.0, generator: torch.Generator | None = None, target_hidden: bool = False,
+) -> tuple[Trace, OutputBuffer, int, torch.Tensor | None]:  # fmt: skip
+    """:func:`~cllm_bench.decoders.base.greedy_start` with the first token sampled at
+    ``temperature`` > 0 and, with ``target_hidden``, the prompt's final hidden states [T, H]
+    (:func:`~cllm_bench.decoders.base.prefill_all_hidden`; else None). Returns
+    ``(trace, out, first, hidden)``; the cache holds the prompt, not ``first``."""
     trace = Trace(prompt_len=len(prompt_ids))
     out = OutputBuffer(max_new_tokens, eos_ids)
-    first, _ = pick_token(engine.prefill(prompt_ids), temperature, generator)
+    if target_hidden:
+        logits, hidden = prefill_all_hidden(engine, prompt_ids)
+    else:
+        logits, hidden = engine.prefill(prompt_ids), None
+    first, _ = pick_token(logits, temperature, generator)
     trace.record("prefill", fed=len(prompt_ids), accepted=out.accept([first]))
-    return trace, out, first
+    return trace, out, first, hidden
 
 
-def score_chain(target: SingleEngine, x: int, tokens: list[int]) -> torch.Tensor:
-    """One target forward over ``[x, d_1..d_k]``; logits [k+1, V] (row i follows x, d_1..d_i)."""
-    return target.forward(target.ids_tensor([x] + tokens))[0]
+def score_chain(
+    target: SingleEngine, x: int, tokens: list[int], target_hidden: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One target forward over ``[x, d_1..d_k]``: logits [k+1, V] (row i follows x, d_1..d_i)
+    and, with ``target_hidden``, the final hidden states [k+1, H] (else None)."""
+    ids = target.ids_tensor([x] + tokens)
+    if target_hidden:
+        logits, hidden = target.forward(ids, output_hidden=True)
+        return logits[0], hidden[0]
+    return target.forward(ids)[0], None
 
 
 def run_chain(
@@ -126,18 +148,21 @@ def run_chain(
     k: int,
     temperature: float = 0.0,
     generator: torch.Generator | None = None,
+    target_hidden: bool = False,
 ) -> Trace:
     """Decode after ``prompt_ids`` by propose -> score -> verify steps (the module docstring).
 
     k: the most tokens proposed per step (:func:`proposal_budget` caps it at the end).
     temperature: 0 = greedy verification (output equals ``ar``); > 0 = speculative
     sampling with ``generator``, the proposal carrying its draft distributions.
+    target_hidden: hand the proposer the target's final hidden states (module docstring).
     """
-    trace, out, x = chain_start(engine, prompt_ids, max_new_tokens, eos_ids, temperature, generator)
+    trace, out, x, hidden = chain_start(engine, prompt_ids, max_new_tokens, eos_ids, temperature, generator,
+                                        target_hidden)  # fmt: skip
     if not out.done:
-        proposer.start(prompt_ids, x, trace)
+        proposer.start(prompt_ids, x, trace, hidden)
     while not out.done:
-        x = verify_step(engine, proposer, trace, out, x, k, temperature, generator)
+        x = verify_step(engine, proposer, trace, out, x, k, temperature, generator, target_hidden)
     return out.finish(trace)
 
 
@@ -148,8 +173,9 @@ def verify_step(
     out: OutputBuffer,
     x: int,
     k: int,
-    temperature: float,
-    generator: torch.Generator | None,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    target_hidden: bool = False,
 ) -> int:
     """One propose -> score -> verify step after x (the last output token, not cached).
 
@@ -158,7 +184,7 @@ def verify_step(
     """
     proposal = proposer.propose(proposal_budget(k, out.remaining), trace)
     start = engine.length
-    logits = score_chain(engine, x, proposal.tokens)
+    logits, hidden = score_chain(engine, x, proposal.tokens, target_hidden)
     if temperature > 0:
         accepted = sample_accept(proposal.tokens, proposal.dists, logits, temperature, generator)
     else:
@@ -166,6 +192,7 @@ def verify_step(
     engine.rollback(start + len(accepted))  # x and the accepted drafts d_1..d_m
     taken = out.accept(accepted)
     proposed = len(proposal.tokens)
-    trace.record("target", fed=1 + proposed, accepted=taken, proposed=proposed, **proposer.step_info(proposal, accepted))
-    proposer.commit(proposal, accepted)
+    info = proposer.step_info(proposal, accepted)
+    trace.record("target", fed=1 + proposed, accepted=taken, proposed=proposed, **info)
+    proposer.commit(proposal, accepted, None if hidden is None else hidden[: len(accepted)])
     return accepted[-1]
