@@ -44,8 +44,9 @@ import torch
 from torch import nn
 
 from cllm_bench.baselines.medusa import build_tree
+from cllm_bench.decoders.base import Decoder, OutputBuffer, prefill_all_hidden
+from cllm_bench.decoders.companion import CompanionSlot
 from cllm_bench.decoders.verify import verify_tree
-from cllm_bench.decoders.base import Decoder, OutputBuffer
 from cllm_bench.eagle_head import EagleHead, check_head_fits, head_config, load_eagle_head, read_head_config
 from cllm_bench.engines.protocols import SingleEngine
 from cllm_bench.errors import UserError
@@ -252,18 +253,6 @@ def static_tree(drafter: FeatureDrafter, root_feature: torch.Tensor, base: int,
 
 
 # ------------------------------------------------------------------ the target's side
-def prefill_all_hidden(engine: SingleEngine, prompt_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prefill the prompt with one full forward into a fresh cache; return the last
-    position's logits [V] and the final hidden states of every prompt position [T, H]."""
-    if not prompt_ids:
-        raise ValueError("cannot prefill an empty prompt")
-    engine.reset()
-    logits, hidden = engine.forward(engine.ids_tensor(list(prompt_ids)), output_hidden=True)
-    if engine.on_prefill_done is not None:
-        engine.on_prefill_done()
-    return logits[0, -1], hidden[0]
-
-
 def build_head(spec: str, model: Any, seed: int = 0) -> EagleHead:
     """The head for ``model``: ``random`` (seeded, for smoke tests) or a head folder."""
     if spec == "random":
@@ -307,8 +296,7 @@ class EagleDecoder(Decoder):
             )
         if self.head != "random":
             read_head_config(self.head)  # a missing or broken folder fails before any cell runs
-        self._head: EagleHead | None = None
-        self._head_for: Any = None
+        self._head: CompanionSlot[EagleHead] = CompanionSlot()
 
     def validate_target(self, target: Any) -> None:
         """Refuse a head whose hidden size or vocabulary does not fit ``target`` (no loading)."""
@@ -317,15 +305,18 @@ class EagleDecoder(Decoder):
             check_head_fits(cfg, target.model, self.head)
 
     def prepare(self, target: Any) -> None:
-        self._head = build_head(self.head, target.model, self.seed)
-        self._head_for = target.model
+        self._head.put(target.model, self._build_head(target.model))
+
+    def attach_head(self, head: EagleHead, model: Any) -> None:
+        """Use an already built ``head`` for ``model`` (tests, trainers)."""
+        self._head.put(model, head)
 
     def eagle_head(self, model: Any) -> EagleHead:
         """The head for ``model``, built on first use when :meth:`prepare` was not called."""
-        if self._head is None or self._head_for is not model:
-            self._head = build_head(self.head, model, self.seed)
-            self._head_for = model
-        return self._head
+        return self._head.get(model, self._build_head)
+
+    def _build_head(self, model: Any) -> EagleHead:
+        return build_head(self.head, model, self.seed)
 
     def static_paths(self, levels: int) -> list[tuple[int, ...]]:
         """EAGLE-1's tree cut to ranks < top_k and at most ``levels`` deep."""

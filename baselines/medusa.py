@@ -34,8 +34,9 @@ from typing import Any
 
 import torch
 
-from cllm_bench.decoders.verify import ancestor_mask, verify_tree
 from cllm_bench.decoders.base import Decoder, OutputBuffer
+from cllm_bench.decoders.companion import CompanionSlot
+from cllm_bench.decoders.verify import ancestor_mask, verify_tree
 from cllm_bench.engines.protocols import SingleEngine
 from cllm_bench.errors import UserError
 from cllm_bench.medusa_heads import CONFIG_FILE, WEIGHTS_FILE, MedusaHeads
@@ -209,19 +210,21 @@ class MedusaDecoder(Decoder):
         if self.topk < 1:
             raise ValueError(f"topk must be >= 1, got {self.topk}")
         check_heads_spec(self.heads)  # a missing folder fails before a run writes anything
-        self._heads: MedusaHeads | None = None
-        self._heads_for: Any = None
+        self._heads: CompanionSlot[MedusaHeads] = CompanionSlot()
 
     def prepare(self, target: Any) -> None:
-        self._heads = build_heads(self.heads, target.model, self.seed)
-        self._heads_for = target.model
+        self._heads.put(target.model, self._build_heads(target.model))
+
+    def attach_heads(self, heads: MedusaHeads, model: Any) -> None:
+        """Use already built ``heads`` for ``model`` (tests, trainers)."""
+        self._heads.put(model, heads)
 
     def medusa_heads(self, model: Any) -> MedusaHeads:
         """The heads for ``model``, built on first use when :meth:`prepare` was not called."""
-        if self._heads is None or self._heads_for is not model:
-            self._heads = build_heads(self.heads, model, self.seed)
-            self._heads_for = model
-        return self._heads
+        return self._heads.get(model, self._build_heads)
+
+    def _build_heads(self, model: Any) -> MedusaHeads:
+        return build_heads(self.heads, model, self.seed)
 
     def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         heads = self.medusa_heads(engine.model)

@@ -3,7 +3,9 @@
 No draft model: the last ``ngram`` tokens of prompt + output are looked up in the earlier
 text; the tokens that followed the most recent earlier occurrence (up to k) are proposed,
 and the target verifies ``[x] + proposal`` in ONE forward, greedily (longest agreeing
-prefix + the target's next token; :func:`~cllm_bench.decoders.verify.chain_accept`).
+prefix + the target's next token). This file holds the proposal algorithm
+(:class:`PromptLookupProposer`); the propose -> verify loop is the one every chain
+proposer shares, :func:`~cllm_bench.decoders.draft_verify.run_chain`.
 When the last ``ngram`` tokens never occurred before, shorter suffixes are tried down to
 ``min_ngram``; with no match at all the step is a plain AR step (1 token fed, 1 accepted).
 
@@ -17,12 +19,16 @@ here the *most recent* occurrence wins (fresher context, usually a better guess)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from cllm_bench.decoders.verify import chain_accept
-from cllm_bench.decoders.base import Decoder, greedy_start
+from cllm_bench.decoders.base import Decoder
+from cllm_bench.decoders.draft_verify import Proposal, run_chain
 from cllm_bench.engines.protocols import SingleEngine
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import Trace
+
+if TYPE_CHECKING:
+    import torch
 
 
 class SuffixIndex:
@@ -58,9 +64,27 @@ class SuffixIndex:
         return [], 0
 
 
-def ar_proposal_budget(k: int, remaining: int) -> int:
-    """Proposals worth verifying when ``remaining`` output tokens are still needed."""
-    return max(0, min(k, remaining - 1))
+class PromptLookupProposer:
+    """Prompt lookup as a :class:`~cllm_bench.decoders.draft_verify.ChainProposer`: a
+    :class:`SuffixIndex` over prompt + accepted output, extended as tokens are committed.
+    Makes no forward (records no ``draft`` step); each target step records the n-gram
+    size it matched (``matched_ngram``, 0: no match, a plain AR step)."""
+
+    def __init__(self, min_ngram: int, ngram: int) -> None:
+        self.index = SuffixIndex(min_ngram, ngram)
+
+    def start(self, prompt_ids: list[int], first: int, trace: Trace, hidden: torch.Tensor | None) -> None:
+        self.index.extend(list(prompt_ids) + [first])
+
+    def propose(self, budget: int, trace: Trace) -> Proposal:
+        tokens, matched = self.index.propose(budget)
+        return Proposal(tokens, info={"matched_ngram": matched})
+
+    def step_info(self, proposal: Proposal, accepted: list[int]) -> dict[str, Any]:
+        return {"matched_ngram": proposal.info["matched_ngram"]}
+
+    def commit(self, proposal: Proposal, accepted: list[int], hidden: torch.Tensor | None) -> None:
+        self.index.extend(accepted)
 
 
 @register_decoder("prompt_lookup")
@@ -85,19 +109,5 @@ class PromptLookupDecoder(Decoder):
             raise ValueError(f"k must be >= 1, got {self.k}")
 
     def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
-        trace, out, x = greedy_start(engine, prompt_ids, max_new_tokens, eos_ids)
-        index = SuffixIndex(self.min_ngram, self.ngram)
-        index.extend(list(prompt_ids) + [x])
-        while not out.done:
-            proposal, matched = index.propose(ar_proposal_budget(self.k, out.remaining))
-            start = engine.length
-            logits = engine.forward(engine.ids_tensor([x] + proposal))
-            accepted = chain_accept(proposal, logits[0].argmax(dim=-1).tolist())
-            engine.rollback(start + len(accepted))  # x and the accepted proposals
-            taken = out.accept(accepted)
-            trace.record(
-                "target", fed=1 + len(proposal), accepted=taken, proposed=len(proposal), matched_ngram=matched
-            )
-            index.extend(accepted)
-            x = accepted[-1]
-        return out.finish(trace)
+        proposer = PromptLookupProposer(self.min_ngram, self.ngram)
+        return run_chain(engine, proposer, prompt_ids, max_new_tokens, eos_ids, self.k)

@@ -2,15 +2,22 @@
 
 Split as in vLLM's speculative decoding:
 
-* **proposer** (:func:`propose`): the draft model, with its own :class:`SingleEngine` and KV
-  cache, proposes k tokens one forward at a time (greedy, or sampled when temperature > 0);
-* **scorer** (:func:`score`): the target scores ``[x, d_1..d_k]`` in ONE forward (x = the
-  last accepted token), giving its prediction after every prefix;
+* **proposer** (:class:`DraftModelProposer`, :func:`propose`): the draft model, with its own
+  :class:`SingleEngine` and KV cache, proposes k tokens one forward at a time (greedy, or
+  sampled when temperature > 0);
+* **scorer** (:func:`~cllm_bench.decoders.draft_verify.score_chain`): the target scores
+  ``[x, d_1..d_k]`` in ONE forward (x = the last accepted token), giving its prediction
+  after every prefix;
 * **verifier** (:func:`~cllm_bench.decoders.verify.chain_accept` for greedy,
-  :func:`sample_accept` for sampling): greedy keeps the longest prefix of the draft that
-  agrees with the target's argmaxes plus the target's next token, so 1..k+1 tokens per
-  target forward and the output equals ``ar``. Both caches are then rolled back to the
-  accepted text.
+  :func:`~cllm_bench.decoders.verify.sample_accept` for sampling): greedy keeps the longest
+  prefix of the draft that agrees with the target's argmaxes plus the target's next token,
+  so 1..k+1 tokens per target forward and the output equals ``ar``. Both caches are then
+  rolled back to the accepted text.
+
+The single-sequence path is the loop every chain proposer shares
+(:func:`~cllm_bench.decoders.draft_verify.run_chain`); this file holds the draft side.
+The batched path (:meth:`SpeculativeDecoder.generate_batch`) runs the same steps for every
+row at once.
 
 Draft sources (``draft=...``, loaded in :meth:`SpeculativeDecoder.prepare`, never timed):
 
@@ -40,10 +47,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from cllm_bench.decoders.verify import chain_accept, sample_accept
+from cllm_bench.decoders.base import Decoder, OutputBuffer, greedy_start_batch
+from cllm_bench.decoders.companion import CompanionSlot
+from cllm_bench.decoders.draft_verify import Proposal, pick_token, proposal_budget, run_chain
+from cllm_bench.decoders.verify import chain_accept
 from cllm_bench.engines.batch import pad_batch
 from cllm_bench.engines.factory import build_companion_engine
-from cllm_bench.decoders.base import Decoder, OutputBuffer, greedy_start_batch
 from cllm_bench.engines.protocols import BatchedEngine, SingleEngine, is_batched
 from cllm_bench.errors import UserError
 from cllm_bench.model_layout import decoder_blocks
@@ -164,15 +173,7 @@ def load_draft(spec: str, target_model: Any, target_tokenizer: Any = None) -> An
     return loaded.model
 
 
-# ------------------------------------------------------------------ proposer / scorer
-def _pick(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> tuple[int, torch.Tensor | None]:
-    """Greedy (temperature 0) or sampled token from logits [V]; also the distribution when sampling."""
-    if temperature <= 0:
-        return int(logits.argmax()), None
-    probs = torch.softmax(logits.double() / temperature, dim=-1)
-    return int(torch.multinomial(probs, 1, generator=generator)), probs
-
-
+# ------------------------------------------------------------------------- proposer
 def propose(
     draft: SingleEngine,
     pending: list[int],
@@ -192,7 +193,7 @@ def propose(
     feed = pending
     for _ in range(k):
         logits = draft.forward(draft.ids_tensor(feed))[0, -1]
-        tok, probs = _pick(logits, temperature, generator)
+        tok, probs = pick_token(logits, temperature, generator)
         tokens.append(tok)
         if probs is not None:
             dists.append(probs)
@@ -223,9 +224,49 @@ def propose_batch(draft: BatchedEngine, pending: list[list[int]], ks: list[int])
     return tokens
 
 
-def score(target: SingleEngine, x: int, draft_tokens: list[int]) -> torch.Tensor:
-    """One target forward over ``[x, d_1..d_k]``; returns logits [k+1, V] (row i follows x, d_1..d_i)."""
-    return target.forward(target.ids_tensor([x] + draft_tokens))[0]
+class DraftModelProposer:
+    """The draft model as a :class:`~cllm_bench.decoders.draft_verify.ChainProposer`.
+
+    ``pending``: accepted tokens not yet in the draft cache (>= 1 after :meth:`start`; the
+    last is x). Invariant between steps: the draft cache holds the accepted text minus
+    ``pending``. Every draft forward is a ``draft`` step (the prefill with ``prefill=True``);
+    every target step records ``draft_accepted`` (draft tokens the target accepted).
+    """
+
+    def __init__(self, draft: SingleEngine, temperature: float = 0.0, generator: torch.Generator | None = None) -> None:
+        self.draft = draft
+        self.temperature = temperature
+        self.generator = generator
+        self.pending: list[int] = []
+        self.base = 0  # the draft cache length before the current proposal
+
+    def start(self, prompt_ids: list[int], first: int, trace: Trace, hidden: torch.Tensor | None) -> None:
+        self.pending = [first]
+        self.draft.prefill(prompt_ids)
+        trace.record("draft", fed=len(prompt_ids), accepted=0, prefill=True)
+
+    def propose(self, budget: int, trace: Trace) -> Proposal:
+        """``budget`` draft tokens, ``budget`` draft forwards (none for a budget of 0)."""
+        self.base = self.draft.length
+        if budget == 0:
+            return Proposal([])
+        tokens, dists = propose(self.draft, self.pending, budget, self.temperature, self.generator)
+        for i in range(budget):
+            trace.record("draft", fed=len(self.pending) if i == 0 else 1, accepted=0)
+        return Proposal(tokens, dists)
+
+    def step_info(self, proposal: Proposal, accepted: list[int]) -> dict[str, Any]:
+        return {"draft_accepted": len(accepted) - 1}
+
+    def commit(self, proposal: Proposal, accepted: list[int], hidden: torch.Tensor | None) -> None:
+        """Roll the draft cache back to the accepted text; the rest becomes ``pending``."""
+        k, m = len(proposal.tokens), len(accepted) - 1  # proposed, accepted draft tokens
+        if k == 0:
+            self.pending = self.pending + accepted
+            return
+        # the draft fed pending + d_1..d_{k-1}: keep pending + d_1..d_min(m, k-1)
+        self.draft.rollback(self.base + len(self.pending) + min(m, k - 1))
+        self.pending = proposal.tokens[k - 1 : k] + accepted[-1:] if m == k else accepted[-1:]
 
 
 # --------------------------------------------------------------------------- decoder
@@ -263,28 +304,22 @@ class SpeculativeDecoder(Decoder):
             check_model_spec(source)  # a missing folder/file or unknown model_type fails before any write
         self.lossless = self.temperature == 0  # type: ignore[misc]  # instance value shadows the ClassVar
         self.supports_batch = self.temperature == 0  # type: ignore[misc]  # the batched path is greedy only
-        self._draft_model: Any = None
-        self._draft_for: Any = None  # the target model the draft was built for
+        self._draft: CompanionSlot[Any] = CompanionSlot()  # the draft model, for one target model
         self._draft_engine: SingleEngine | BatchedEngine | None = None
         self._draft_engine_for: tuple[Any, Any] = (None, None)  # (target engine, draft model)
 
     def prepare(self, target: Any) -> None:
         """Build/load the draft for ``target`` (a LoadedModel); checked against its vocabulary."""
-        self._draft_model = load_draft(self.draft, target.model, getattr(target, "tokenizer", None))
-        self._draft_for = target.model
+        self._draft.put(target.model, load_draft(self.draft, target.model, getattr(target, "tokenizer", None)))
 
     def attach_draft(self, draft_model: Any, target_model: Any) -> None:
         """Use an already built ``draft_model`` for ``target_model`` (tests, trainers); vocabulary checked."""
         check_same_vocabulary(target_model, draft_model, name=type(draft_model).__name__)
-        self._draft_model = draft_model
-        self._draft_for = target_model
+        self._draft.put(target_model, draft_model)
 
     def draft_model(self, target_model: Any) -> Any:
         """The draft for ``target_model``, built on first use when :meth:`prepare` was not called."""
-        if self._draft_model is None or self._draft_for is not target_model:
-            self._draft_model = load_draft(self.draft, target_model)
-            self._draft_for = target_model
-        return self._draft_model
+        return self._draft.get(target_model, lambda model: load_draft(self.draft, model))
 
     def draft_engine(self, engine: SingleEngine) -> SingleEngine:
         """The draft's engine for target ``engine``: same kind, own cache, reused across calls
@@ -329,9 +364,11 @@ class SpeculativeDecoder(Decoder):
         self, target: BatchedEngine, draft: BatchedEngine, traces: list[Trace], outs: list[OutputBuffer],
         pending: list[list[int]],
     ) -> list[list[int]]:  # fmt: skip
-        """:meth:`step` for every unfinished row at once; finished rows sit out (count 0)."""
+        """One propose -> score -> verify step (as :func:`~cllm_bench.decoders.draft_verify.verify_step`
+        with a :class:`DraftModelProposer`) for every unfinished row at once; finished rows
+        sit out (count 0). Returns each row's new ``pending``."""
         active = [not o.done for o in outs]
-        ks = [min(self.k, o.remaining - 1) if a else 0 for o, a in zip(outs, active)]
+        ks = [proposal_budget(self.k, o.remaining) if a else 0 for o, a in zip(outs, active)]
         target_keep, draft_keep = target.lengths.tolist(), draft.lengths.tolist()  # before this step
         proposals = propose_batch(draft, pending, ks)
         feeds = [[p[-1]] + d if a else [] for p, d, a in zip(pending, proposals, active)]
@@ -358,55 +395,9 @@ class SpeculativeDecoder(Decoder):
         return new_pending
 
     def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
-        trace = Trace(prompt_len=len(prompt_ids))
-        out = OutputBuffer(max_new_tokens, eos_ids)
         draft = self.draft_engine(engine)
         generator = None
         if self.temperature > 0:
             generator = torch.Generator(device=engine.device).manual_seed(self.seed)
-        x, _ = _pick(engine.prefill(prompt_ids), self.temperature, generator)
-        trace.record("prefill", fed=len(prompt_ids), accepted=out.accept([x]))
-        pending = [x]  # accepted tokens not in the draft cache (the last is x)
-        if not out.done:
-            draft.prefill(prompt_ids)
-            trace.record("draft", fed=len(prompt_ids), accepted=0, prefill=True)
-        while not out.done:
-            pending = self.step(engine, draft, trace, out, pending, generator)
-        return out.finish(trace)
-
-    def step(
-        self,
-        target: SingleEngine,
-        draft: SingleEngine,
-        trace: Trace,
-        out: OutputBuffer,
-        pending: list[int],
-        generator: torch.Generator | None,
-    ) -> list[int]:
-        """Propose k, score in one target forward, verify, roll both caches back.
-
-        Precondition: the target cache holds the accepted text minus x = ``pending[-1]``;
-        the draft cache holds it minus ``pending``. Returns the new ``pending``.
-        """
-        x = pending[-1]
-        k = min(self.k, out.remaining - 1)
-        target_base, draft_base = target.length, draft.length
-        proposal, q = [], []
-        if k > 0:
-            proposal, q = propose(draft, pending, k, self.temperature, generator)
-            for i in range(k):
-                trace.record("draft", fed=len(pending) if i == 0 else 1, accepted=0)
-        logits = score(target, x, proposal)
-        if self.temperature > 0:
-            accepted = sample_accept(proposal, q, logits, self.temperature, generator)
-        else:
-            accepted = chain_accept(proposal, logits.argmax(dim=-1).tolist())
-        m = len(accepted) - 1  # draft tokens accepted
-        target.rollback(target_base + 1 + m)  # x, d_1..d_m
-        taken = out.accept(accepted)
-        trace.record("target", fed=k + 1, accepted=taken, proposed=k, draft_accepted=m)
-        if k == 0:
-            return pending + accepted
-        # the draft fed pending + d_1..d_{k-1}: keep pending + d_1..d_min(m, k-1)
-        draft.rollback(draft_base + len(pending) + min(m, k - 1))
-        return proposal[k - 1 : k] + accepted[-1:] if m == k else accepted[-1:]
+        proposer = DraftModelProposer(draft, self.temperature, generator)
+        return run_chain(engine, proposer, prompt_ids, max_new_tokens, eos_ids, self.k, self.temperature, generator)

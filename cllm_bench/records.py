@@ -3,7 +3,7 @@
 
 Each is ONE list of fields (a ``TypedDict``: records stay plain JSON dicts). Everything
 else is derived from these declarations, so adding a metric means adding one field here
-(and computing it in the runner):
+(and computing it in :mod:`cllm_bench.run_records`):
 
 * ``Required[...]`` — a record without the key cannot be read back (resume, report);
   :data:`SAMPLE_REQUIRED_KEYS`, :data:`CELL_REQUIRED_KEYS`;

@@ -140,7 +140,7 @@ def split(stats: dict[FuncKey, Any], total_s: float) -> list[tuple[str, Entry]]:
     all_fwd = entry(stats, find(stats, "forward", "cllm_bench/engines/dynamic.py"))  # target (via super) + draft
     draft_fwd = Entry(all_fwd.calls - target_fwd.calls, 0.0, all_fwd.cum_s - target_fwd.cum_s)
     target_rb = entry(stats, find(stats, "rollback", "profile_speculative"))
-    draft_rb = entry(stats, find(stats, "rollback", "cllm_bench/engines/dynamic.py"), caller=("speculative.py", "step"))
+    draft_rb = entry(stats, find(stats, "rollback", "cllm_bench/engines/dynamic.py"), caller=("speculative.py", "commit"))
     draft_prefill = Entry(all_prefill.calls - target_prefill.calls, 0.0, all_prefill.cum_s - target_prefill.cum_s)
     parts = [
         ("target prefill", target_prefill),

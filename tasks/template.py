@@ -330,7 +330,7 @@ class TemplateTask(Task):
 
     def _run_sql(self, sample: Sample, sql: str, gold: str) -> dict[str, Any]:
         from cllm_bench.sql_sandbox import QueryError, query_sqlite_readonly
-        from cllm_bench.tasks.spider import has_top_level_order_by, results_match
+        from cllm_bench.tasks.sql_compare import has_top_level_order_by, results_match
 
         db = Path(str(sample.data[self.spec.db_field])).expanduser()
         db = db if db.is_absolute() else self.spec.path.parent / db

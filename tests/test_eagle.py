@@ -156,7 +156,7 @@ def test_perfect_head_accepts_the_whole_chain(params, per_round):
     f = lambda t: 3 + (t * 5) % 11  # noqa: E731
     model = cyclic_model(next_token=f)
     dec = build_decoder("eagle:head=random," + params)
-    dec._head, dec._head_for = perfect_head(model), model  # what prepare() stores
+    dec.attach_head(perfect_head(model), model)  # what prepare() stores
     prompt = [5, 17, 40, 8]
     trace = run(model, "", prompt, 40, decoder=dec)
     assert trace.tokens == run(model, "ar", prompt, 40).tokens
@@ -171,7 +171,7 @@ def test_perfect_head_budget_and_eos_inside_a_tree():
     f = lambda t: 3 + (t * 5) % 11  # noqa: E731  (prompt ends with 8: output cycle 10 9 4 12 8 ...)
     model = cyclic_model(next_token=f)
     dec = build_decoder(f"eagle:head=random,{SMALL}")
-    dec._head, dec._head_for = perfect_head(model), model
+    dec.attach_head(perfect_head(model), model)
     prompt = [5, 17, 40, 8]
     for max_new in (8, 9):
         trace = run(model, "", prompt, max_new, decoder=dec)

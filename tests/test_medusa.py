@@ -22,7 +22,7 @@ from test_baselines import cyclic_model, eos_mid_output, map_matrix, run, tokens
 
 def with_heads(model, heads: MedusaHeads, **params) -> MedusaDecoder:
     dec = MedusaDecoder(**params)
-    dec._heads, dec._heads_for = heads.to(torch.float64), model  # what prepare() stores
+    dec.attach_heads(heads.to(torch.float64), model)  # what prepare() stores
     return dec
 
 

@@ -34,6 +34,8 @@ from cllm_bench.errors import UserError
 from cllm_bench.trace import Trace
 
 if TYPE_CHECKING:  # the protocols import torch; the registry and `cllm-bench list` need not
+    import torch
+
     from cllm_bench.engines.protocols import BatchedEngine, SingleEngine
 
 
@@ -185,6 +187,20 @@ def greedy_start_batch(
     for b, first in enumerate(firsts):
         traces[b].record("prefill", fed=len(prompts[b]), accepted=outs[b].accept([first]))
     return traces, outs, firsts
+
+
+def prefill_all_hidden(engine: SingleEngine, prompt_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prefill the prompt with one full forward into a fresh cache (firing
+    ``on_prefill_done`` as a prefill does); return the last position's logits [V] and the
+    final hidden states of every prompt position [T, H] (what a feature-level draft head,
+    EAGLE's, starts from)."""
+    if not prompt_ids:
+        raise ValueError("cannot prefill an empty prompt")
+    engine.reset()
+    logits, hidden = engine.forward(engine.ids_tensor(list(prompt_ids)), output_hidden=True)
+    if engine.on_prefill_done is not None:
+        engine.on_prefill_done()
+    return logits[0, -1], hidden[0]
 
 
 def _format_value(value: Any) -> str:

@@ -29,6 +29,10 @@ states ending at the fixed point and the metrics apply unchanged — the jump co
 that iteration's fast-forward. A hit that verifies the whole block ends it (its state is
 recorded; no confirming forward is needed). Lossless for the same reason as Jacobi and
 lookahead: every accepted token is the argmax given exactly the verified prefix.
+
+The pool path is :class:`PoolBlockRun`, Jacobi's :class:`~cllm_bench.decoders.jacobi.BlockRun`
+extended with the candidate chains: the Jacobi update, the block trajectory and the step
+records are BlockRun's own.
 """
 
 from __future__ import annotations
@@ -39,13 +43,13 @@ from typing import Any
 
 import torch
 
-from cllm_bench.decoders.ngram_pool import NGramPool
 from cllm_bench.decoders.base import OutputBuffer, greedy_start
-from cllm_bench.decoders.jacobi import JacobiDecoder, first_mismatch, initial_guess
+from cllm_bench.decoders.jacobi import BlockRun, JacobiDecoder
+from cllm_bench.decoders.ngram_pool import NGramPool
 from cllm_bench.engines.protocols import SingleEngine
 from cllm_bench.errors import UserError
 from cllm_bench.registry import register_decoder
-from cllm_bench.trace import JacobiBlock, Trace
+from cllm_bench.trace import Trace
 
 
 def pick_candidates(
@@ -97,6 +101,66 @@ def candidate_hits(cand: tuple[int, ...], root_pred: int, cand_preds: list[int])
         expected = cand_preds[h]
         h += 1
     return h
+
+
+class PoolBlockRun(BlockRun):
+    """A Jacobi block whose every iteration also verifies n-gram pool candidates.
+
+    Same state and invariants as :class:`~cllm_bench.decoders.jacobi.BlockRun`. One
+    iteration: :meth:`candidates` picks the chains, :meth:`tree_inputs` lays out the
+    forward (the unverified suffix ``block[fed_from:]`` then each chain, under a tree
+    mask), :meth:`update_with_candidates` applies its argmaxes: the candidate verifying
+    the most positions wins over the plain Jacobi update when it verifies more.
+    """
+
+    def candidates(self, pool: NGramPool, limit: int) -> list[tuple[int, ...]]:
+        """This iteration's chains: up to ``limit`` pool continuations of ``block[fed_from]``
+        (the first token known correct but not cached), cut at the block's last position."""
+        f = self.fed_from
+        return pick_candidates(pool, self.block[f], self.block[f + 1 :], self.size - f - 1, limit)
+
+    def tree_inputs(self, cands: list[tuple[int, ...]]) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+        """The forward over :meth:`feed` + ``cands``: ids (k), position offsets from ``base``
+        [k] long, tree mask [k, k] bool (:func:`block_with_candidates`)."""
+        seg = self.feed()
+        offsets, mask = block_with_candidates(len(seg), cands)
+        return seg + [t for c in cands for t in c], offsets + self.fed_from, mask
+
+    def update_with_candidates(
+        self, predicted: list[int], cands: list[tuple[int, ...]], out: OutputBuffer, trace: Trace
+    ) -> tuple[int | None, list[int] | None]:
+        """Apply the argmaxes of one forward over :meth:`tree_inputs` (``predicted[j]`` = the
+        token after fed position j): extend the output, record the step (``pool_hit``,
+        ``candidates``), advance the state.
+
+        Returns ``(next_first, kept)``: the first token of the next block when this one
+        ended, else None; ``kept`` = when a candidate won, the fed indices whose KV stays
+        (offsets from ``base + fed_from`` as it was before the call, for
+        :meth:`SingleEngine.keep`), None when the Jacobi update won (keep ``base + cached_len``).
+        """
+        seg_len, fed, f = self.size - self.fed_from, len(predicted), self.fed_from
+        proposal, mismatch = self.jacobi_proposal(predicted[:seg_len])
+        best_end = self.size if mismatch is None else mismatch  # block[:best_end] verified
+        best: tuple[int, tuple[int, ...], int] | None = None  # (fed index, candidate, verified tokens)
+        s = seg_len
+        for cand in cands:
+            h = candidate_hits(cand, predicted[0], predicted[s : s + len(cand)])
+            if f + 1 + h > best_end:
+                best_end, best = f + 1 + h, (s, cand, h)
+            s += len(cand)
+        if best is None:  # a plain Jacobi iteration
+            return self.update(predicted[:seg_len], out, trace, fed, pool_hit=False, candidates=len(cands)), None
+        s, cand, h = best
+        kept = [0] + list(range(s, s + h))
+        bonus = predicted[s + h - 1]
+        verified = self.block[: f + 1] + list(cand[:h])  # length best_end
+        if best_end >= self.size:  # the whole block is verified: it ends here, no confirming forward
+            self.block = verified[: self.size]
+            self.states.append(list(self.block))
+            return self.complete(bonus, out, trace, fed, fixed_point=False, pool_hit=True, candidates=len(cands)), kept
+        state = verified + [bonus] + proposal[best_end + 1 :]
+        self.advance(state, best_end, out, trace, fed, pool_hit=True, candidates=len(cands))
+        return None, kept
 
 
 @register_decoder("cllm")
@@ -159,77 +223,26 @@ class CLLMDecoder(JacobiDecoder):
         first token of the next block; the cache then holds exactly the accepted text
         minus that token.
         """
-        size = min(self.n, out.remaining + 1)
-        start_in_output = len(out.tokens) - 1
         added_from = len(context)
-        context.extend(out.tokens[len(context) - trace.prompt_len :])
+        run = self.start_block(trace, out, first, context, rng, engine.length, PoolBlockRun)
         pool.add_sequence(context, start=added_from - self.ngram + 1)
-        block = initial_guess(first, size, context, self.init, rng)
-        states = [list(block)]
-        base = engine.length
-        fed_from = 0  # block[:fed_from] cached, block[fed_from] correct
-        known = 1  # block[:known] are output tokens
-        block_index = len(trace.blocks)
         next_first = first
         while True:
-            seg = block[fed_from:]
-            room = size - fed_from - 1
-            cands = pick_candidates(pool, block[fed_from], block[fed_from + 1 :], room, self.guesses)
-            offsets, mask = block_with_candidates(len(seg), cands)
-            ids = seg + [t for c in cands for t in c]
-            positions = (offsets + base + fed_from).unsqueeze(0).to(engine.device)
+            cands = run.candidates(pool, self.guesses)
+            ids, offsets, mask = run.tree_inputs(cands)
+            start = run.base + run.fed_from
+            positions = (offsets + run.base).unsqueeze(0).to(engine.device)
             logits = engine.forward(engine.ids_tensor(ids), positions=positions, tree_mask=mask)
-            predicted = logits[0].argmax(dim=-1).tolist()
-            jacobi_pred = predicted[: len(seg)]
-            proposal = block[: fed_from + 1] + jacobi_pred[:-1]
-            mismatch = first_mismatch(block, proposal, fed_from + 1)
-            jacobi_end = size if mismatch is None else mismatch  # block[:jacobi_end] verified
-            best_end, best = jacobi_end, None
-            s = len(seg)
-            for cand in cands:
-                h = candidate_hits(cand, predicted[0], predicted[s : s + len(cand)])
-                if fed_from + 1 + h > best_end:
-                    best_end, best = fed_from + 1 + h, (s, cand, h)
-                s += len(cand)
-            if best is not None:
-                s, cand, h = best
-                engine.keep(base + fed_from, [0] + list(range(s, s + h)))
-                bonus = predicted[s + h - 1]
-                verified = block[: fed_from + 1] + list(cand[:h])  # length best_end
-                if best_end >= size:  # the whole block is verified: it ends here
-                    block = verified[:size]
-                    states.append(list(block))
-                    accepted = out.accept(block[known:] + [bonus])
-                    trace.record("target", fed=len(ids), accepted=accepted, block=block_index, fixed_point=False,
-                                 pool_hit=True, candidates=len(cands))  # fmt: skip
-                    next_first = bonus
-                    break
-                block = verified + [bonus] + proposal[best_end + 1 :]
-                states.append(list(block))
-                accepted = out.accept(block[known : best_end + 1])
-                trace.record("target", fed=len(ids), accepted=accepted, block=block_index, fixed_point=False,
-                             pool_hit=True, candidates=len(cands))  # fmt: skip
-                known, fed_from = best_end + 1, best_end
-                pool.add_sequence(block, start=fed_from)
-                if out.done:
-                    break
-                continue
-            if mismatch is None:  # fixed point: the whole block is final, the last argmax is the bonus
-                engine.rollback(base + size)  # drop the candidate chains
-                accepted = out.accept(block[known:] + jacobi_pred[-1:])
-                trace.record("target", fed=len(ids), accepted=accepted, block=block_index, fixed_point=True,
-                             pool_hit=False, candidates=len(cands))  # fmt: skip
-                next_first = jacobi_pred[-1]
+            done, kept = run.update_with_candidates(logits[0].argmax(dim=-1).tolist(), cands, out, trace)
+            if kept is None:
+                engine.rollback(run.base + run.cached_len)  # the verified prefix; drops the candidate chains
+            else:
+                engine.keep(start, kept)  # block[fed_from] and the winning candidate's verified tokens
+            if done is not None:
+                next_first = done
                 break
-            engine.rollback(base + mismatch)
-            block = proposal
-            states.append(list(block))
-            accepted = out.accept(block[known : mismatch + 1])
-            trace.record("target", fed=len(ids), accepted=accepted, block=block_index, fixed_point=False,
-                         pool_hit=False, candidates=len(cands))  # fmt: skip
-            known, fed_from = mismatch + 1, mismatch
-            pool.add_sequence(block, start=fed_from)
+            pool.add_sequence(run.block, start=run.fed_from)
             if out.done:
                 break
-        trace.blocks.append(JacobiBlock(states=states, final=out.tokens[start_in_output : start_in_output + size]))
+        trace.blocks.append(run.finish(out))
         return next_first

@@ -19,7 +19,8 @@ variant "(b)" that the reference uses for its speed/fast-forward numbers):
 
 :class:`BlockRun` is that state machine for one block; :meth:`JacobiDecoder.generate`
 drives one, :meth:`JacobiDecoder.generate_batch` one per row of a batch (each row at its
-own iteration, its own verified prefix kept per row by the batched engine).
+own iteration, its own verified prefix kept per row by the batched engine), and ``cllm``'s
+n-gram pool path a subclass that also verifies pool candidates.
 
 The last block is shortened to the remaining budget. The trace holds one step per forward
 and the full block state after every iteration (``Trace.blocks``), from which
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from cllm_bench.engines.batch import pad_batch
 from cllm_bench.decoders.base import Decoder, OutputBuffer, greedy_start, greedy_start_batch
@@ -66,6 +68,11 @@ class BlockRun:
     ``block`` is the current state (n' <= n tokens); ``block[:fed_from]`` is in the cache
     (at positions ``base ..``), ``block[fed_from]`` is known correct but not cached, and
     ``block[:known]`` are already output tokens. ``states`` records the trajectory.
+
+    :meth:`update` is one Jacobi iteration, built from :meth:`jacobi_proposal` (the next
+    state), :meth:`advance` (to a state with a longer verified prefix) and :meth:`complete`
+    (the whole block final); a subclass that verifies extra candidates in the same forward
+    (:class:`~cllm_bench.decoders.cllm.PoolBlockRun`) moves the state with the same two.
     """
 
     block: list[int]
@@ -87,27 +94,51 @@ class BlockRun:
         """The tokens the next forward must carry: the not-yet-cached suffix."""
         return self.block[self.fed_from :]
 
-    def update(self, predicted: list[int], out: OutputBuffer, trace: Trace) -> int | None:
+    def jacobi_proposal(self, predicted: list[int]) -> tuple[list[int], int | None]:
+        """The Jacobi update for the argmaxes of one forward over :meth:`feed`: the next
+        state ``block[:f+1] + predicted[:-1]`` (f = ``fed_from``) and the first index > f
+        where it differs from ``block`` (None: the block is at its fixed point)."""
+        proposal = self.block[: self.fed_from + 1] + predicted[:-1]
+        return proposal, first_mismatch(self.block, proposal, self.fed_from + 1)
+
+    def update(self, predicted: list[int], out: OutputBuffer, trace: Trace, fed: int | None = None,
+               **info: Any) -> int | None:  # fmt: skip
         """Apply the argmaxes of one forward over :meth:`feed` (``predicted[j]`` = token after
         ``feed()[j]``): extend the output, record the step, advance the state.
 
-        Returns the first token of the next block when this block reached its fixed point,
-        else None. Afterwards ``base + cached_len`` is the cache length to keep.
+        fed: the forward's width when it carried more than :meth:`feed` (default its length);
+        info: extra fields for the step record. Returns the first token of the next block
+        when this block reached its fixed point, else None. Afterwards ``base + cached_len``
+        is the cache length to keep.
         """
-        size, fed_from, block = self.size, self.fed_from, self.block
-        proposal = block[: fed_from + 1] + predicted[:-1]
-        mismatch = first_mismatch(block, proposal, fed_from + 1)
+        proposal, mismatch = self.jacobi_proposal(predicted)
         if mismatch is None:  # fixed point: the whole block is final, predicted[-1] is the bonus
-            accepted = out.accept(block[self.known :] + predicted[-1:])
-            trace.record("target", fed=size - fed_from, accepted=accepted, block=self.index, fixed_point=True)
-            self.fed_from = self.known = size
-            return predicted[-1]
-        self.block = proposal
-        self.states.append(list(proposal))
-        accepted = out.accept(proposal[self.known : mismatch + 1])
-        trace.record("target", fed=size - fed_from, accepted=accepted, block=self.index, fixed_point=False)
-        self.known, self.fed_from = mismatch + 1, mismatch
+            return self.complete(predicted[-1], out, trace, fed, fixed_point=True, **info)
+        self.advance(proposal, mismatch, out, trace, fed, **info)
         return None
+
+    def advance(self, state: list[int], verified: int, out: OutputBuffer, trace: Trace, fed: int | None = None,
+                **info: Any) -> None:  # fmt: skip
+        """Move to ``state`` (n' tokens) whose ``state[:verified + 1]`` are final: output the
+        newly final tokens, record the step (``fixed_point=False``), keep ``state[:verified]``
+        cached (``state[verified]`` is known correct, fed next)."""
+        fed = self.size - self.fed_from if fed is None else fed
+        self.block = state
+        self.states.append(list(state))
+        accepted = out.accept(state[self.known : verified + 1])
+        trace.record("target", fed=fed, accepted=accepted, block=self.index, fixed_point=False, **info)
+        self.known, self.fed_from = verified + 1, verified
+
+    def complete(self, bonus: int, out: OutputBuffer, trace: Trace, fed: int | None = None,
+                 fixed_point: bool = True, **info: Any) -> int:  # fmt: skip
+        """The whole current block is final: output it and ``bonus`` (the token after it),
+        record the step, mark every position cached. Returns ``bonus`` (the next block's
+        first token)."""
+        fed = self.size - self.fed_from if fed is None else fed
+        accepted = out.accept(self.block[self.known :] + [bonus])
+        trace.record("target", fed=fed, accepted=accepted, block=self.index, fixed_point=fixed_point, **info)
+        self.fed_from = self.known = self.size
+        return bonus
 
     @property
     def cached_len(self) -> int:
@@ -116,6 +147,9 @@ class BlockRun:
 
     def finish(self, out: OutputBuffer) -> JacobiBlock:
         return JacobiBlock(states=self.states, final=out.tokens[self.start_in_output : self.start_in_output + self.size])
+
+
+RunT = TypeVar("RunT", bound=BlockRun)
 
 
 @register_decoder("jacobi")
@@ -146,12 +180,14 @@ class JacobiDecoder(Decoder):
         return out.finish(trace)
 
     def start_block(self, trace: Trace, out: OutputBuffer, first: int, context: list[int], rng: random.Random,
-                    base: int) -> BlockRun:  # fmt: skip
-        """A new block after output token ``first`` (the last output token, not cached, at ``base``)."""
+                    base: int, run_type: type[RunT] = BlockRun) -> RunT:  # type: ignore[assignment]  # fmt: skip
+        """A new block after output token ``first`` (the last output token, not cached, at
+        ``base``); ``context`` (prompt + output) is brought up to date first. ``run_type``:
+        the :class:`BlockRun` subclass to drive it (the n-gram pool's, for ``cllm``)."""
         size = min(self.n, out.remaining + 1)
         context.extend(out.tokens[len(context) - trace.prompt_len :])
         block = initial_guess(first, size, context, self.init, rng)
-        return BlockRun(block=block, base=base, index=len(trace.blocks), start_in_output=len(out.tokens) - 1)
+        return run_type(block=block, base=base, index=len(trace.blocks), start_in_output=len(out.tokens) - 1)
 
     def decode_block(
         self,

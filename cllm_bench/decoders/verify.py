@@ -14,7 +14,9 @@ n-gram pool, Medusa or EAGLE heads — the target checks them with these.
 * :func:`sample_accept` — speculative sampling (Leviathan et al. 2023): lossless in
   distribution at temperature > 0.
 
-All but :func:`verify_tree` are pure (Python lists / tensors in, Python lists out).
+All but :func:`verify_tree` are pure (Python lists / tensors in, Python lists out). The
+propose -> verify loop around :func:`chain_accept` / :func:`sample_accept` is
+:func:`cllm_bench.decoders.draft_verify.run_chain`.
 """
 
 from __future__ import annotations
