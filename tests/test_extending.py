@@ -204,9 +204,10 @@ def test_a_broken_entry_point_names_the_distribution(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ check-decoder
 @pytest.mark.parametrize("spec", ["ar", "jacobi:n=4", "lookahead", "prompt_lookup",
-                                  "speculative:draft=self:layers=1,k=3", "ngram_echo", "ngram_echo:k=3,ngram=1"])  # fmt: skip
+                                  "speculative:draft=self:layers=1,k=3", "ngram_echo", "ngram_echo:k=3,ngram=1",
+                                  "echo_chain", "echo_chain:k=3,ngram=1"])  # fmt: skip
 def test_check_decoder_passes_for_built_ins_and_the_example(spec):
-    load_plugins([str(EXAMPLES / "ngram_echo_decoder.py")])
+    load_plugins([str(EXAMPLES / "ngram_echo_decoder.py"), str(EXAMPLES / "echo_chain_decoder.py")])
     out = console()
     assert check_decoder(spec, out), out.file.getvalue()
     text = out.file.getvalue()
