@@ -309,19 +309,27 @@ def run_profile(model_spec: str, drafts: Sequence[str], settings: ProfileSetting
                      provenance=prov)  # fmt: skip
 
 
-def contexts_for_run(run_dir: Path) -> tuple[int, ...]:
-    """Three context points up to the longest ``context + width`` of any decode forward in a
-    run's ``forward_trace`` records: (max / 8, max / 2, max), at least 1, deduplicated."""
+def run_forward_traces(run_dir: Path, flag: str, instead: str) -> list[dict[str, Any]]:
+    """The ``forward_trace`` of every sample of a run (``samples.jsonl``), for ``--contexts-from``
+    and ``--widths-from`` (``flag``); :class:`UserError` naming the file when it is missing or
+    holds no trace (then the user should pass ``instead``)."""
     from cllm_bench.results_io import iter_jsonl
 
     path = Path(run_dir) / "samples.jsonl"
     if not path.exists():
-        raise UserError(f"{path} not found; --contexts-from takes a folder written by `cllm-bench run`")
+        raise UserError(f"{path} not found; {flag} takes a folder written by `cllm-bench run`")
+    traces = [rec["forward_trace"] for rec in iter_jsonl(path) if isinstance(rec.get("forward_trace"), dict)]
+    if not traces:
+        raise UserError(f"{run_dir} has no per-forward trace data (no `forward_trace` in samples.jsonl); pass {instead}")
+    return traces
+
+
+def contexts_for_run(run_dir: Path) -> tuple[int, ...]:
+    """Three context points up to the longest ``context + width`` of any decode forward in a
+    run's ``forward_trace`` records: (max / 8, max / 2, max), at least 1, deduplicated."""
     longest = 0
-    for rec in iter_jsonl(path):
-        trace = rec.get("forward_trace")
-        if isinstance(trace, dict):
-            longest = max([longest] + [c + f for k, f, c in zip(trace["kinds"], trace["fed"], trace["context"]) if k != "p"])
+    for trace in run_forward_traces(run_dir, "--contexts-from", "--contexts"):
+        longest = max([longest] + [c + f for k, f, c in zip(trace["kinds"], trace["fed"], trace["context"]) if k != "p"])
     if longest == 0:
         raise UserError(f"{run_dir} has no per-forward trace data (no `forward_trace` in samples.jsonl); pass --contexts")
     return tuple(sorted({max(1, longest // 8), max(1, longest // 2), longest}))
@@ -342,23 +350,11 @@ def widths_for_run(run_dir: Path) -> RunWidths:
     of two: on a CPU the cost of a forward is not smooth in its width (a GEMM of 2 or 11 rows
     can cost more than one of 8 or 16), and an interpolated curve misprices decoders whose
     widths fall between the points (docs/predict.md, "Validation")."""
-    from cllm_bench.results_io import iter_jsonl
-
-    path = Path(run_dir) / "samples.jsonl"
-    if not path.exists():
-        raise UserError(f"{path} not found; --widths-from takes a folder written by `cllm-bench run`")
     chain, tree, draft = {1}, set(), set()
-    found = False
-    for rec in iter_jsonl(path):
-        trace = rec.get("forward_trace")
-        if not isinstance(trace, dict):
-            continue
-        found = True
+    for trace in run_forward_traces(run_dir, "--widths-from", "--widths"):
         for kind, fed in zip(trace["kinds"], trace["fed"]):
             if kind == "d":
                 draft.add(int(fed))
             elif kind == "t":
                 (tree if trace.get("tree") and fed > 1 else chain).add(int(fed))
-    if not found:
-        raise UserError(f"{run_dir} has no per-forward trace data (no `forward_trace` in samples.jsonl); pass --widths")
     return RunWidths(tuple(sorted(chain)), tuple(sorted(tree)), tuple(sorted(draft)))
