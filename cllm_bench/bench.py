@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cllm_bench import metrics
+from cllm_bench.compile_cache import describe_compile_cache
 from cllm_bench.decoders.base import Decoder, batched_decoder_names, build_decoder
 from cllm_bench.engines.factory import HEADROOM, build_any_engine, resolve_options
 from cllm_bench.engines.protocols import AnyEngine, EngineOptions, is_batched
@@ -33,10 +34,14 @@ from cllm_bench.models import DEFAULT_MODEL, LoadedModel, load_model
 from cllm_bench.provenance import now_iso, provenance
 from cllm_bench.results_io import write_json_atomic
 from cllm_bench.timing import synchronize
+from cllm_bench.timing_health import HealthMonitor
 
 #: peak HBM bandwidth in bytes/s by device-name fragment (vendor datasheets)
 PEAK_BANDWIDTH = {"H200": 4.8e12, "H100 PCIe": 2.0e12, "H100": 3.35e12, "A100-SXM4-80GB": 2.04e12, "A100": 1.55e12,
                   "L40S": 0.864e12, "A10G": 0.6e12, "RTX 4090": 1.008e12}  # fmt: skip
+
+#: the regression guard's floor: our ``ar`` over HF ``generate`` eager on a CPU
+AR_FLOOR_VS_HF_EAGER = 1.0
 
 BENCH_PROMPTS = [
     "Write a Python function that returns the n-th Fibonacci number, with a docstring and tests.",
@@ -195,6 +200,9 @@ def measure_all(cfg: BenchConfig, loaded: LoadedModel, console: Console) -> tupl
     options = resolve_options(cfg.engine, cfg.compile, device, max_cache_len=capacity)
     kind, comp = options.kind, options.compile
     hf_comp = cfg.hf_compiled == "on" or (cfg.hf_compiled == "auto" and device.type == "cuda")
+    compile_cache = describe_compile_cache() if (comp or hf_comp) else None  # read before anything compiles
+    health = HealthMonitor()
+    health.before_timing()
     plan: list[tuple[str, str, str]] = [("hf eager", "hf", "dynamic")]
     if hf_comp:
         plan.append(("hf static+compile", "hf:cache=static,compile=true", "dynamic"))
@@ -213,10 +221,20 @@ def measure_all(cfg: BenchConfig, loaded: LoadedModel, console: Console) -> tupl
         console.print(f"timing [bold]{name}[/] ..." + (f" (batch {batch})" if batch > 1 else ""))
         results.append(measure(name, decoder, engine, prompts, cfg, eos))
         methods.append(name if name.startswith("hf ") else decoder.label)
+        health.after_sample()
+    if (warning := health.take_warning()) is not None:
+        console.print(f"[yellow]warning:[/] {warning}")
     rows = bench_rows(results, loaded, prompts, cfg, device)
     for row, method in zip(rows, methods):
+        hf = method.startswith("hf ")
         row["method"] = method
-    facts = {"engine": kind, "compile": comp, "prompt_tokens": [len(p) for p in prompts], "batch_size": batch}
+        row["compiled"] = method == "hf static+compile" if hf else comp
+        row["engine"] = ("hf static" if row["compiled"] else "hf dynamic") if hf else kind
+        row["engine"] += "+compile" if row["compiled"] else " eager"
+    facts = {"engine": kind, "compile": comp, "prompt_tokens": [len(p) for p in prompts], "batch_size": batch,
+             "compile_cache": compile_cache.as_dict() if compile_cache else None,
+             "timing_health": health.summary()}  # fmt: skip
+    facts["regression_guard"] = regression_guard(rows, device.type, facts["timing_health"])
     return rows, facts
 
 
@@ -235,11 +253,52 @@ def run_bench(cfg: BenchConfig, console: Console) -> Path:
     path = out_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     write_json_atomic(path, doc)
     console.print(bench_table(rows, doc["provenance"]))
+    console.print(engine_line(facts))
+    if (guard := facts["regression_guard"]) is not None:
+        console.print(f"[bold red]flag {guard['flag']}:[/] {guard['why']}")
     from cllm_bench.peers import bench_table as peers_table
 
     if (peers := peers_table(rows)) is not None:  # ours next to its HF counterpart, when both ran
         console.print(peers)
     return path
+
+
+def regression_guard(rows: list[dict[str, Any]], device_type: str, health: dict[str, Any]) -> dict[str, Any] | None:
+    """The flag ``bench`` raises when our ``ar`` ran below HF ``generate`` eager on a CPU.
+
+    On a CPU the forward is nearly all of a token's time and our loop does no more host
+    work than HF's, so ``ar`` below :data:`AR_FLOOR_VS_HF_EAGER` times HF eager means
+    something: the machine was busy (``health``: the run's ``timing_health``), the two were
+    within run-to-run noise (their min-max tokens/s overlap), or the harness regressed.
+    Returns None when there is nothing to flag (not a CPU, a row missing, or ar at/above
+    the floor); else ``{"flag", "ratio", "why"}``.
+    """
+    ar = next((r for r in rows if r.get("method") == "ar"), None)
+    eager = next((r for r in rows if r.get("method") == "hf eager"), None)
+    if device_type != "cpu" or ar is None or eager is None or ar["ratio_vs_hf_eager"] is None:
+        return None
+    ratio = ar["ratio_vs_hf_eager"]
+    if ratio >= AR_FLOOR_VS_HF_EAGER:
+        return None
+    if not health.get("ok", True):
+        why = f"the machine was busy ({'; '.join(health.get('problems', []))}): rerun on a quiet machine"
+    elif ar["tokens_per_s_max"] >= eager["tokens_per_s_min"]:
+        why = (f"within run-to-run noise: ar {ar['tokens_per_s_min']:.1f}-{ar['tokens_per_s_max']:.1f} tok/s overlaps "
+               f"HF eager {eager['tokens_per_s_min']:.1f}-{eager['tokens_per_s_max']:.1f}; rerun with more --repeats")
+    else:
+        why = (f"our ar ran at {ratio:.2f}x HF generate eager on a quiet machine, outside run-to-run noise: a "
+               f"regression in the harness's decode loop or engine (profile it: scripts/profile_host_work.py)")
+    return {"flag": "ar_below_hf_eager", "ratio": round(ratio, 4), "why": why}
+
+
+def engine_line(facts: dict[str, Any]) -> str:
+    """One line saying what our decoders ran on: engine, eager or compiled, and the compile cache."""
+    text = f"our decoders ran on the {facts['engine']} engine, " + ("compiled" if facts["compile"] else "eager")
+    cache = facts.get("compile_cache")
+    if cache:
+        state = f"warm, {cache['graphs_before']} graphs" if cache["warm"] else "cold: this process paid the compile"
+        text += f"; compile cache {cache['dir']} ({state})"
+    return text
 
 
 def bench_rows(results: list[Measurement], loaded: LoadedModel, prompts: list[list[int]], cfg: BenchConfig,

@@ -16,8 +16,9 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.table import Table
 
-from cllm_bench.errors import UserError
+from cllm_bench.compile_cache import persistent_compile_cache
 from cllm_bench.console import terminal_console
+from cllm_bench.errors import UserError
 
 
 def split_list(value: str) -> list[str]:
@@ -385,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             from cllm_bench.plugins import load_plugins
 
             load_plugins(getattr(args, "include", None))  # --include files + installed entry points
-        return func(args)
+        with persistent_compile_cache():  # a compiled engine's warm-up is paid once per machine
+            return func(args)
     except UserError as exc:
         Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {exc}", soft_wrap=True)
         return 2
