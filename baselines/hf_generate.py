@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import GenerationConfig
+from transformers import CompileConfig, GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
 from cllm_bench.baselines.hf_assisted import (
@@ -61,6 +61,19 @@ class _FirstTokenSignal(BaseStreamer):
 
     def end(self) -> None:
         pass
+
+
+def compile_everywhere() -> CompileConfig:
+    """transformers' default compile settings, with its flag for compiling on any device.
+
+    ``generate`` compiles the forward of a static cache by itself on CUDA/XPU only; on a
+    CPU ``compile=true`` would silently run eager. transformers' ``CompileConfig`` carries
+    a per-instance flag, ``_compile_all_devices``, for exactly this case (its own CPU tests
+    set it), so ``hf:cache=static,compile=true`` means compiled on every device.
+    """
+    config = CompileConfig()
+    config._compile_all_devices = True
+    return config
 
 
 @register_decoder("hf")
@@ -163,6 +176,8 @@ class HFGenerateDecoder(Decoder):
             config.cache_implementation = self.cache
         # HF compiles the forward by itself for a static cache on an accelerator; honour the flag.
         config.disable_compile = not self.compile
+        if self.compile:
+            config.compile_config = compile_everywhere()
         return config
 
     def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:

@@ -88,3 +88,72 @@ def test_ar_trace_is_one_token_per_forward(llama64):
     trace = run(llama64, "ar", prompts(1)[0], 12)
     assert [s.accepted for s in trace.steps] == [1] * 12
     assert trace.steps[0].kind == "prefill"
+
+
+@pytest.mark.parametrize("model_fixture", ["llama64", "qwen64"])
+@pytest.mark.parametrize("k", [2, 4, 16])
+@pytest.mark.parametrize("max_new", [1, 7, 33])
+def test_ar_sync_every_equals_ar(request, model_fixture, k, max_new):
+    """Chunks of k forwards read once: same tokens; a chunk never passes the budget."""
+    model = request.getfixturevalue(model_fixture)
+    for prompt in prompts(2, seed=k):
+        ar = run(model, "ar", prompt, max_new)
+        chunked = run(model, f"ar:sync_every={k}", prompt, max_new)
+        assert chunked.tokens == ar.tokens
+        assert len(chunked.steps) == len(ar.steps)  # no forward past a budget
+
+
+@pytest.mark.parametrize("k", [2, 5, 16])
+def test_ar_sync_every_stops_at_eos_mid_chunk_and_rolls_back(llama64, k):
+    """EOS inside a chunk: tokens after it are discarded, the forwards past it are recorded
+    with nothing accepted, and the cache is left as k = 1 leaves it."""
+    prompt = prompts(1, seed=5)[0]
+    free = run(llama64, "ar", prompt, 40).tokens
+    eos = frozenset({free[11]})
+    plain_engine, chunk_engine = Engine(llama64), Engine(llama64)
+    ar = build_decoder("ar").generate(plain_engine, prompt, 40, eos)
+    chunked = build_decoder(f"ar:sync_every={k}").generate(chunk_engine, prompt, 40, eos)
+    check_trace(chunked, 40, eos)
+    assert chunked.tokens == ar.tokens and chunked.stop_reason == "eos"
+    assert chunk_engine.length == plain_engine.length
+    wasted = [s for s in chunked.steps if s.accepted == 0]
+    assert len(wasted) <= k - 1 and chunk_engine.forwards == len(chunked.steps)
+
+
+def test_ar_sync_every_must_be_positive():
+    from cllm_bench.errors import UserError
+
+    with pytest.raises(UserError, match="sync_every must be >= 1"):
+        build_decoder("ar:sync_every=0")
+
+
+def test_ar_sync_every_on_the_compiled_static_engine_on_cpu():
+    """torch.compile (inductor, CPU) of the static engine: the chunked loop gives ar's tokens."""
+    from cllm_bench.engines.static import StaticEngine
+
+    model = tiny_llama(seed=3, dtype=torch.float32)
+    prompt = prompts(1, seed=2)[0]
+    expected = build_decoder("ar").generate(Engine(model), prompt, 12, NO_EOS).tokens
+    engine = StaticEngine(model, max_cache_len=256, compile=True, buckets=(1, 16, 32))
+    with torch.inference_mode():
+        got = build_decoder("ar:sync_every=4").generate(engine, prompt, 12, NO_EOS).tokens
+    assert got == expected
+
+
+def test_hf_compile_true_compiles_on_cpu_too():
+    """transformers compiles a static cache's forward by itself on accelerators only; our
+    hf:cache=static,compile=true sets its per-instance flag so a CPU run is compiled as labelled."""
+    dec = build_decoder("hf:cache=static,compile=true")
+    config = dec.generation_config(8, frozenset({2}), 0)
+    assert config.cache_implementation == "static" and not config.disable_compile
+    assert config.compile_config is not None and config.compile_config._compile_all_devices is True
+    plain = build_decoder("hf:cache=static").generation_config(8, frozenset({2}), 0)
+    assert plain.disable_compile and plain.compile_config is None
+
+
+def test_hf_static_compiled_on_cpu_equals_ar():
+    model = tiny_llama(seed=4, dtype=torch.float32)
+    prompt = prompts(1, seed=3)[0]
+    ar = run(model, "ar", prompt, 10)
+    compiled = run(model, "hf:cache=static,compile=true", prompt, 10)
+    assert compiled.tokens == ar.tokens

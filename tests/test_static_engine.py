@@ -14,7 +14,7 @@ from conftest import prompts, tiny_llama
 
 NO_EOS = frozenset({10_000})
 
-SPECS = ["ar", "jacobi:n=4", "jacobi:n=16,init=repeat", "lookahead", "prompt_lookup", "speculative:draft=self:layers=1,k=3"]
+SPECS = ["ar", "ar:sync_every=5", "jacobi:n=4", "jacobi:n=16,init=repeat", "lookahead", "prompt_lookup", "speculative:draft=self:layers=1,k=3"]
 
 
 def available(spec: str) -> bool:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 
-from cllm_bench.decoders.base import Decoder, greedy_start, new_outputs
+from cllm_bench.decoders.base import Decoder, OutputBuffer, greedy_start, new_outputs
+from cllm_bench.errors import UserError
 from cllm_bench.engines.protocols import BatchedEngine, SingleEngine
 from cllm_bench.registry import register_decoder
 from cllm_bench.trace import Trace
@@ -15,19 +17,56 @@ from cllm_bench.trace import Trace
 @register_decoder("ar")
 @dataclass
 class ARDecoder(Decoder):
-    """One token per forward: prefill, then feed the last token and take the argmax."""
+    """One token per forward: prefill, then feed the last token and take the argmax.
+
+    sync_every: tokens decoded on the device between two reads by the host (default 1:
+    every token is read as it is made). With ``k > 1`` the loop queues ``k`` forwards, each
+    fed the previous one's argmax without leaving the device, then reads the ``k`` tokens
+    at once and applies the one stop rule (:class:`OutputBuffer`) to them in order: tokens
+    after an EOS are discarded and the cache is rolled back to what ``k = 1`` leaves, so the
+    output is the same token for token. The forwards past an EOS (at most ``k - 1``) are
+    real work and are recorded (``accepted = 0``). A chunk never passes the budget. On a GPU
+    this lets the host run ahead of the device (no synchronisation per token); on a CPU
+    there is nothing to overlap.
+    """
 
     description = "greedy autoregressive decoding with KV cache (the baseline)"
     supports_batch = True
 
+    sync_every: int = 1
+
+    def __post_init__(self) -> None:
+        if int(self.sync_every) < 1:
+            raise UserError(f"ar: sync_every must be >= 1, got {self.sync_every}")
+        self.sync_every = int(self.sync_every)
+
     def generate(self, engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]) -> Trace:
         trace, out, token = greedy_start(engine, prompt_ids, max_new_tokens, eos_ids)
         step_ids = engine.ids_tensor([token])
+        if self.sync_every > 1:
+            return self._generate_chunked(engine, step_ids, trace, out)
         while not out.done:
             logits = engine.forward(step_ids)
             next_id = logits[:, -1].argmax(dim=-1, keepdim=True)  # [1, 1], stays on device
             trace.record("target", fed=1, accepted=out.accept([int(next_id)]))
             step_ids = next_id
+        return out.finish(trace)
+
+    def _generate_chunked(self, engine: SingleEngine, step_ids: torch.Tensor, trace: Trace, out: OutputBuffer) -> Trace:
+        """The ``sync_every > 1`` loop: chunks of forwards on the device, one host read per chunk."""
+        while not out.done:
+            start = engine.length  # the cache holds everything accepted but the newest token
+            chunk: list[torch.Tensor] = []
+            for _ in range(min(self.sync_every, out.remaining)):
+                step_ids = engine.forward(step_ids)[:, -1].argmax(dim=-1, keepdim=True)  # [1, 1]
+                chunk.append(step_ids)
+            taken = 0
+            for token in torch.cat(chunk, dim=1)[0].tolist():  # the chunk's one device -> host copy
+                accepted = out.accept([token])
+                taken += accepted
+                trace.record("target", fed=1, accepted=accepted)
+            if taken < len(chunk):  # stopped inside the chunk: forget the forwards past the stop
+                engine.rollback(start + taken)
         return out.finish(trace)
 
     def generate_batch(
