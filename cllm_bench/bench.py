@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,15 @@ def bench_prompts(cfg: BenchConfig, loaded: LoadedModel) -> list[list[int]]:
     return [list(tok(t)["input_ids"]) for t in texts]
 
 
+def bench_capacity(prompts: list[list[int]], cfg: BenchConfig, headroom: int) -> int:
+    """Static-cache positions for the bench prompts: longest prompt + budget + ``headroom``
+    (a decoder's :attr:`~cllm_bench.decoders.base.Decoder.cache_headroom`); at batch > 1 twice
+    prompt + budget, room for the holes left between compactions (at most 1.5x the longest
+    row + slack). A static cache's attention reads every position, so this is kept tight."""
+    longest = max(len(p) for p in prompts) + cfg.max_new_tokens
+    return (2 * longest if cfg.batch_size > 1 else longest) + headroom
+
+
 def measure_all(cfg: BenchConfig, loaded: LoadedModel, console: Console) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Time HF generate, ``ar`` and ``cfg.decoders`` at ``cfg.batch_size`` on a loaded model.
 
@@ -194,10 +203,7 @@ def measure_all(cfg: BenchConfig, loaded: LoadedModel, console: Console) -> tupl
     eos = loaded.eos_ids if cfg.stop_at_eos else frozenset()
     batch = cfg.batch_size
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    capacity = max(len(p) for p in prompts) + cfg.max_new_tokens + HEADROOM
-    if batch > 1:  # room for holes between compactions (at most 1.5x the longest row + slack)
-        capacity = 2 * (max(len(p) for p in prompts) + cfg.max_new_tokens) + HEADROOM
-    options = resolve_options(cfg.engine, cfg.compile, device, max_cache_len=capacity)
+    options = resolve_options(cfg.engine, cfg.compile, device, max_cache_len=bench_capacity(prompts, cfg, HEADROOM))
     kind, comp = options.kind, options.compile
     hf_comp = cfg.hf_compiled == "on" or (cfg.hf_compiled == "auto" and device.type == "cuda")
     compile_cache = describe_compile_cache() if (comp or hf_comp) else None  # read before anything compiles
@@ -210,14 +216,17 @@ def measure_all(cfg: BenchConfig, loaded: LoadedModel, console: Console) -> tupl
         plan.append((f"{build_decoder(spec).label} ({kind}{'+compile' if comp else ''})", spec, kind))
     results: list[Measurement] = []
     methods: list[str] = []
-    engines: dict[str, AnyEngine] = {}  # one engine per kind: compiled graphs are reused across decoders
+    # one engine per (kind, capacity): decoders of the same headroom share its compiled graphs
+    engines: dict[tuple[str, int], AnyEngine] = {}
     for name, spec, engine_kind in plan:
         decoder = build_decoder(spec)
         decoder.prepare(loaded)
-        if engine_kind not in engines:
-            engine_options = options if engine_kind == options.kind else EngineOptions(kind="dynamic")
-            engines[engine_kind] = build_any_engine(loaded.model, engine_options, batch, pad_id)
-        engine = engines[engine_kind]
+        capacity = bench_capacity(prompts, cfg, decoder.cache_headroom) if engine_kind == "static" else 0
+        if (engine_kind, capacity) not in engines:
+            engine_options = (replace(options, max_cache_len=capacity) if engine_kind == options.kind
+                              else EngineOptions(kind="dynamic"))  # fmt: skip
+            engines[engine_kind, capacity] = build_any_engine(loaded.model, engine_options, batch, pad_id)
+        engine = engines[engine_kind, capacity]
         console.print(f"timing [bold]{name}[/] ..." + (f" (batch {batch})" if batch > 1 else ""))
         results.append(measure(name, decoder, engine, prompts, cfg, eos))
         methods.append(name if name.startswith("hf ") else decoder.label)

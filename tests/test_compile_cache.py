@@ -106,3 +106,15 @@ def test_compiled_bench_on_cpu_uses_the_persistent_cache(tiny_model_dir, tmp_pat
     assert rows["ar"]["match_hf_eager"]
     assert cached_graphs(default_compile_cache_dir(tmp_path / "cache")) > 0
     assert "regression_guard" in prov
+
+
+def test_bench_capacity_is_tight_for_ar_and_roomy_for_block_decoders():
+    """A static cache's attention reads every position: ar's is prompt + budget + 1, not + 512."""
+    from cllm_bench.bench import BenchConfig, bench_capacity
+    from cllm_bench.decoders.base import build_decoder
+
+    prompts = [[1] * 51, [1] * 45]
+    cfg = BenchConfig(max_new_tokens=128)
+    assert bench_capacity(prompts, cfg, build_decoder("ar").cache_headroom) == 51 + 128 + 1
+    assert bench_capacity(prompts, cfg, build_decoder("jacobi:n=16").cache_headroom) == 51 + 128 + 512
+    assert bench_capacity(prompts, BenchConfig(max_new_tokens=128, batch_size=4), 1) == 2 * (51 + 128) + 1

@@ -32,6 +32,7 @@ class ARDecoder(Decoder):
 
     description = "greedy autoregressive decoding with KV cache (the baseline)"
     supports_batch = True
+    cache_headroom = 1  # one token per forward, a chunk never passes the budget
 
     sync_every: int = 1
 

@@ -97,6 +97,12 @@ class Decoder(ABC):
     label_params: ClassVar[tuple[str, ...]] = ()
     #: True when :meth:`generate_batch` is implemented
     supports_batch: ClassVar[bool] = False
+    #: cache positions the decoder may write beyond prompt + budget (a block, a window, a
+    #: tree fed past the last accepted token); a static cache is sized prompt + budget + this.
+    #: The default is the engine factory's ``HEADROOM`` (512), enough for every decoder here;
+    #: a decoder that feeds one token at a time says 1, and its static cache (whose
+    #: attention reads every position) stays as short as HF's.
+    cache_headroom: ClassVar[int] = 512
 
     def prepare(self, target: Any) -> None:
         """Load what the decoder needs besides the target (draft model, Medusa heads).
