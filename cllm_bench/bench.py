@@ -18,7 +18,7 @@ import statistics
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from rich.console import Console
@@ -126,14 +126,15 @@ class Measurement:
 
 
 def measure(name: str, decoder: Decoder, engine: AnyEngine, prompts: list[list[int]], cfg: BenchConfig,
-            eos: frozenset[int]) -> Measurement:  # fmt: skip
-    """Warm up (untimed, includes compilation), then time ``repeats`` passes over all prompts."""
+            eos: frozenset[int], after_warmup: Callable[[], None] | None = None) -> Measurement:  # fmt: skip
+    """Warm up (untimed, includes compilation), call ``after_warmup``, then time ``repeats``
+    passes over all prompts."""
     with torch.inference_mode():
-        return _measure(name, decoder, engine, prompts, cfg, eos)
+        return _measure(name, decoder, engine, prompts, cfg, eos, after_warmup)
 
 
 def _measure(name: str, decoder: Decoder, engine: AnyEngine, prompts: list[list[int]], cfg: BenchConfig,
-             eos: frozenset[int]) -> Measurement:  # fmt: skip
+             eos: frozenset[int], after_warmup: Callable[[], None] | None) -> Measurement:  # fmt: skip
     def one_pass() -> list[Any]:
         if is_batched(engine):  # all prompts in one batch
             return decoder.generate_batch(engine, prompts, cfg.max_new_tokens, eos)  # type: ignore[arg-type]
@@ -144,6 +145,8 @@ def _measure(name: str, decoder: Decoder, engine: AnyEngine, prompts: list[list[
         one_pass()
     synchronize(engine.device)
     warm = time.perf_counter() - t0
+    if after_warmup is not None:
+        after_warmup()
     times, outputs, tokens, forwards = [], [], 0, 0
     for r in range(cfg.repeats):
         synchronize(engine.device)
@@ -228,7 +231,7 @@ def measure_all(cfg: BenchConfig, loaded: LoadedModel, console: Console) -> tupl
             engines[engine_kind, capacity] = build_any_engine(loaded.model, engine_options, batch, pad_id)
         engine = engines[engine_kind, capacity]
         console.print(f"timing [bold]{name}[/] ..." + (f" (batch {batch})" if batch > 1 else ""))
-        results.append(measure(name, decoder, engine, prompts, cfg, eos))
+        results.append(measure(name, decoder, engine, prompts, cfg, eos, after_warmup=health.skip_window))
         methods.append(name if name.startswith("hf ") else decoder.label)
         health.after_sample()
     if (warning := health.take_warning()) is not None:
@@ -333,6 +336,8 @@ def bench_rows(results: list[Measurement], loaded: LoadedModel, prompts: list[li
             "bandwidth_bytes_per_s": bw,
             "bandwidth_share": (bw / peak) if (bw and peak) else None,
             "warmup_compile_s": m.warmup_s,
+            # the warm-up's cost beyond its own decoding: compilation (and first-call setup)
+            "warmup_overhead_s": max(m.warmup_s - cfg.warmup * m.median_s, 0.0) if cfg.warmup else m.warmup_s,
             "generated_tokens": m.tokens,
             "match_hf_eager": m.outputs == ref_out,
             "repeats": len(m.times),

@@ -230,6 +230,12 @@ class HealthMonitor:
             self._last = now
         return dict(self._current)
 
+    def skip_window(self) -> None:
+        """Start a new window without assessing the one just ended: untimed work of this
+        run's own that runs outside this process (``torch.compile``'s compile workers
+        during a warm-up) must not count as another job."""
+        self._last = self.read(False)
+
     def _record(self, win: Window, idle: bool) -> list[str]:
         found = assess(win, self.n_cpus, idle)
         self.checks += 1

@@ -115,6 +115,21 @@ def test_monitor_before_and_during_and_warns_once():
     assert summary["problems"] == ["other processes used 1.3 of 2 CPU cores"]
 
 
+def test_skip_window_leaves_untimed_work_unjudged():
+    """Compile workers during a warm-up are our own work outside this process: the window
+    they ran in is skipped, and the timed window after it is judged alone."""
+    script = Script([
+        reading(0.0, 0, 0, 0), reading(0.5, 100, 95, 0),        # idle check: quiet
+        reading(3.0, 600, 95, 100),    # end of warm-up: compile workers (400 ticks not ours) -> skipped
+        reading(4.0, 800, 100, 295),   # timed sample: others 0 ticks
+    ])  # fmt: skip
+    monitor = HealthMonitor(n_cpus=N, read=script.read, sleep=script.sleep)
+    monitor.before_timing()
+    monitor.skip_window()
+    assert monitor.after_sample()["problems"] == []
+    assert monitor.summary()["ok"] is True
+
+
 def test_busy_cell_is_flagged_in_the_report():
     record = {"n_samples": 20, "repeats": 3, "speedup": 13.5, "lossless": True, "match_ar": 1.0,
               "timing_health": {"ok": False, "problems": ["other processes used 1.8 of 2 CPU cores"]}}  # fmt: skip

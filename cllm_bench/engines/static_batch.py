@@ -65,7 +65,7 @@ class StaticBatchEngine(EngineCore):
         self._width = 0
         self._rows = -1  # batch size the cache is laid out for
         self._columns = torch.arange(max_cache_len, device=self.device)
-        self._decode_forward = compiled_decode(self._forward_logits, compile, mode)
+        self._decode_forward = compiled_decode(self._forward_logits, compile, mode, self.device)
         self.reset()
 
     # -- state -----------------------------------------------------------------------
