@@ -64,8 +64,27 @@ def compiled_decode(
     if limit is not None and limit < 64:
         torch._dynamo.config.recompile_limit = 64
     if device is not None and device.type == "cpu":
-        return torch.compile(forward, fullgraph=True, dynamic=False, options={"freezing": True})
+        return frozen(torch.compile(forward, fullgraph=True, dynamic=False, options={"freezing": True}))
     return torch.compile(forward, mode=mode, fullgraph=True, dynamic=False)
+
+
+def frozen(compiled: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``compiled`` called with inductor's ``freezing`` switched on around every call.
+
+    The ``options`` of :func:`torch.compile` reach inductor only after dynamo has traced
+    the graph; dynamo decides at trace time whether parameters are frozen constants
+    (``torch._dynamo.utils.is_parameter_freezing`` reads the global setting). A trace can
+    happen at any call (a new block bucket), so the setting is patched around each call
+    and restored after it: nothing global outlives the call.
+    """
+
+    import torch._inductor.config as inductor_config
+
+    def call(*args: torch.Tensor) -> torch.Tensor:
+        with inductor_config.patch(freezing=True):
+            return compiled(*args)
+
+    return call
 
 
 class StaticEngine(EngineCore):
