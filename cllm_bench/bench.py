@@ -308,7 +308,7 @@ def engine_line(facts: dict[str, Any]) -> str:
     text = f"our decoders ran on the {facts['engine']} engine, " + ("compiled" if facts["compile"] else "eager")
     cache = facts.get("compile_cache")
     if cache:
-        state = f"warm, {cache['graphs_before']} graphs" if cache["warm"] else "cold: this process paid the compile"
+        state = f"warm, {cache['entries_before']} entries" if cache["warm"] else "cold: this process paid the compile"
         text += f"; compile cache {cache['dir']} ({state})"
     return text
 

@@ -12,9 +12,10 @@ machine pays the compile again and again.
 (``$CLLM_BENCH_CACHE``, default ``~/.cache/cllm-bench``) for the duration of a command,
 through inductor's own setting, the ``TORCHINDUCTOR_CACHE_DIR`` environment variable
 (restored afterwards). A second process compiling the same engine shapes then finds every
-graph and kernel built: what remains of its warm-up is dynamo tracing the forward and
-loading the shared objects (measured in ``results/bench/``). A user who set
-``TORCHINDUCTOR_CACHE_DIR`` keeps their directory.
+kernel built (and every graph, except frozen ones: inductor does not keep the graphs it
+compiles with weight freezing, the static engine's CPU path, so a second process still
+traces and lowers the graph but runs no C++ compiler). Measured in ``results/bench/``.
+A user who set ``TORCHINDUCTOR_CACHE_DIR`` keeps their directory.
 
 Why not torch's portable "mega-cache" (``torch.compiler.save_cache_artifacts``) alone:
 on CPU it carries the generated Python wrappers but not the built kernels, so a process
@@ -43,17 +44,17 @@ class CompileCache:
 
     directory: inductor's cache directory; source: ``"cllm-bench"`` (ours, persistent),
     ``"TORCHINDUCTOR_CACHE_DIR"`` (the user's) or ``"torch default"`` (``/tmp``, outside a
-    :func:`persistent_compile_cache` block); graphs_before: FX graphs already cached then
-    (0: a cold cache, the process pays the full compile).
+    :func:`persistent_compile_cache` block); entries_before: files already cached then
+    (FX graphs, kernels and their builds; 0: a cold cache, the process pays the full compile).
     """
 
     directory: Path
     source: str
-    graphs_before: int
+    entries_before: int
 
     def as_dict(self) -> dict[str, object]:
-        return {"dir": str(self.directory), "source": self.source, "graphs_before": self.graphs_before,
-                "warm": self.graphs_before > 0}  # fmt: skip
+        return {"dir": str(self.directory), "source": self.source, "entries_before": self.entries_before,
+                "warm": self.entries_before > 0}  # fmt: skip
 
 
 def default_compile_cache_dir(root: Path | None = None) -> Path:
@@ -61,15 +62,18 @@ def default_compile_cache_dir(root: Path | None = None) -> Path:
     return (root or cache_root()) / "compile" / "inductor"
 
 
-def cached_graphs(directory: Path) -> int:
-    """FX graphs in an inductor cache directory (its ``fxgraph/`` entries; 0 when absent)."""
-    fx = directory / "fxgraph"
-    return sum(1 for p in fx.rglob("*") if p.is_file()) if fx.is_dir() else 0
+def cached_entries(directory: Path) -> int:
+    """Files in an inductor cache directory (FX graphs, C++ kernel sources and their shared
+    objects, AOTAutograd entries; lock files not counted); 0 when it is absent. Frozen
+    graphs (the CPU path) are not kept as FX graphs, only their kernels are."""
+    if not directory.is_dir():
+        return 0
+    return sum(1 for p in directory.rglob("*") if p.is_file() and "locks" not in p.parts)
 
 
 def describe_compile_cache(env: Mapping[str, str] | None = None, root: Path | None = None) -> CompileCache:
     """The cache inductor will use now (read from ``env``, default ``os.environ``) and how
-    many graphs it holds. Call it before compiling to know whether the warm-up is cold."""
+    many entries it holds. Call it before compiling to know whether the warm-up is cold."""
     env = os.environ if env is None else env
     ours = default_compile_cache_dir(root)
     configured = env.get(INDUCTOR_ENV)
@@ -80,7 +84,7 @@ def describe_compile_cache(env: Mapping[str, str] | None = None, root: Path | No
     else:
         directory = Path(configured)
         source = "cllm-bench" if directory.resolve() == ours.resolve() else INDUCTOR_ENV
-    return CompileCache(directory, source, cached_graphs(directory))
+    return CompileCache(directory, source, cached_entries(directory))
 
 
 @contextmanager

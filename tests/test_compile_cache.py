@@ -15,7 +15,7 @@ from cllm_bench.bench import engine_line, regression_guard
 from cllm_bench.cli import main
 from cllm_bench.compile_cache import (
     INDUCTOR_ENV,
-    cached_graphs,
+    cached_entries,
     default_compile_cache_dir,
     describe_compile_cache,
     persistent_compile_cache,
@@ -28,7 +28,7 @@ def test_persistent_cache_sets_and_restores_inductor_dir(tmp_path: Path):
         assert directory == tmp_path / "compile" / "inductor"
         assert env[INDUCTOR_ENV] == str(directory)
         info = describe_compile_cache(env, root=tmp_path)
-        assert info.source == "cllm-bench" and info.graphs_before == 0 and not info.as_dict()["warm"]
+        assert info.source == "cllm-bench" and info.entries_before == 0 and not info.as_dict()["warm"]
     assert INDUCTOR_ENV not in env  # restored: it was unset
     assert not directory.exists()  # nothing is created until inductor writes
 
@@ -41,15 +41,18 @@ def test_user_inductor_dir_wins(tmp_path: Path):
     assert env[INDUCTOR_ENV] == str(tmp_path / "mine")  # left as the user set it
 
 
-def test_cached_graphs_counts_fxgraph_entries(tmp_path: Path):
-    assert cached_graphs(tmp_path) == 0
+def test_cached_entries_counts_graphs_and_kernels_not_locks(tmp_path: Path):
+    assert cached_entries(tmp_path) == 0
     (tmp_path / "fxgraph" / "ab").mkdir(parents=True)
     (tmp_path / "fxgraph" / "ab" / "entry1").write_bytes(b"x")
-    (tmp_path / "fxgraph" / "ab" / "entry2").write_bytes(b"y")
-    assert cached_graphs(tmp_path) == 2
+    (tmp_path / "c6").mkdir()
+    (tmp_path / "c6" / "kernel.so").write_bytes(b"y")
+    (tmp_path / "locks").mkdir()
+    (tmp_path / "locks" / "k.lock").write_bytes(b"")
+    assert cached_entries(tmp_path) == 2
     env = {INDUCTOR_ENV: str(tmp_path)}
     assert describe_compile_cache(env).as_dict() == {"dir": str(tmp_path), "source": INDUCTOR_ENV,
-                                                     "graphs_before": 2, "warm": True}  # fmt: skip
+                                                     "entries_before": 2, "warm": True}  # fmt: skip
 
 
 def _rows(ar_tps: float, ar_range: tuple[float, float], hf_tps: float, hf_range: tuple[float, float]) -> list[dict]:
@@ -84,13 +87,13 @@ def test_guard_says_why_ar_is_below_hf_eager():
 def test_engine_line_says_eager_or_compiled_and_cache_state():
     assert engine_line({"engine": "dynamic", "compile": False}) == "our decoders ran on the dynamic engine, eager"
     line = engine_line({"engine": "static", "compile": True,
-                        "compile_cache": {"dir": "/c", "source": "cllm-bench", "graphs_before": 0, "warm": False}})  # fmt: skip
+                        "compile_cache": {"dir": "/c", "source": "cllm-bench", "entries_before": 0, "warm": False}})  # fmt: skip
     assert "compiled" in line and "cold" in line
 
 
 def test_compiled_bench_on_cpu_uses_the_persistent_cache(tiny_model_dir, tmp_path, monkeypatch):
     """--compile on (inductor on CPU): same tokens as HF eager, rows say compiled, and the
-    graphs land in the cllm-bench cache; a second process would find them (graphs_before)."""
+    compiled kernels land in the cllm-bench cache; a second process finds them (entries_before)."""
     monkeypatch.delenv(INDUCTOR_ENV, raising=False)
     monkeypatch.setenv("CLLM_BENCH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
@@ -104,7 +107,7 @@ def test_compiled_bench_on_cpu_uses_the_persistent_cache(tiny_model_dir, tmp_pat
     assert rows["ar"]["compiled"] is True and rows["ar"]["engine"] == "static+compile"
     assert rows["hf eager"]["compiled"] is False and rows["hf eager"]["engine"] == "hf dynamic eager"
     assert rows["ar"]["match_hf_eager"]
-    assert cached_graphs(default_compile_cache_dir(tmp_path / "cache")) > 0
+    assert cached_entries(default_compile_cache_dir(tmp_path / "cache")) > 0
     assert "regression_guard" in prov
 
 
