@@ -281,7 +281,8 @@ def regression_guard(rows: list[dict[str, Any]], device_type: str, health: dict[
     On a CPU the forward is nearly all of a token's time and our loop does no more host
     work than HF's, so ``ar`` below :data:`AR_FLOOR_VS_HF_EAGER` times HF eager means
     something: the machine was busy (``health``: the run's ``timing_health``), the two were
-    within run-to-run noise (their min-max tokens/s overlap), or the harness regressed.
+    within run-to-run noise (their min-max tokens/s overlap), the machine drifted between
+    the two measurements, or the harness regressed; the flag says which it can tell.
     Returns None when there is nothing to flag (not a CPU, a row missing, or ar at/above
     the floor); else ``{"flag", "ratio", "why"}``.
     """
@@ -298,8 +299,10 @@ def regression_guard(rows: list[dict[str, Any]], device_type: str, health: dict[
         why = (f"within run-to-run noise: ar {ar['tokens_per_s_min']:.1f}-{ar['tokens_per_s_max']:.1f} tok/s overlaps "
                f"HF eager {eager['tokens_per_s_min']:.1f}-{eager['tokens_per_s_max']:.1f}; rerun with more --repeats")
     else:
-        why = (f"our ar ran at {ratio:.2f}x HF generate eager on a quiet machine, outside run-to-run noise: a "
-               f"regression in the harness's decode loop or engine (profile it: scripts/profile_host_work.py)")
+        why = (f"our ar ran at {ratio:.2f}x HF generate eager on a quiet machine, below the spread of both "
+               f"methods' repeats. They are timed one after the other, so a drift of the machine between them "
+               f"can explain a few percent; if a rerun agrees, the harness's decode loop or engine regressed "
+               f"(profile it: scripts/profile_host_work.py)")
     return {"flag": "ar_below_hf_eager", "ratio": round(ratio, 4), "why": why}
 
 
