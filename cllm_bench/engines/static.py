@@ -48,11 +48,11 @@ def compiled_decode(
     On a CPU the graph is compiled with inductor's ``freezing`` instead of ``mode``
     (whose "reduce-overhead" means CUDA graphs, nothing on a CPU): the weights become
     constants of the graph, folded and pre-packed for the CPU's matrix kernels. Measured
-    on this project's CPU (``results/bench/``): the compiled ``ar`` at 1.30x HF eager with
-    freezing, 1.11x without. The price: inductor does not keep frozen graphs in its
-    FX-graph cache, so a second process lowers the graph again (its C++ kernels are still
-    cached) — see :mod:`cllm_bench.compile_cache`. The weights must not change after the
-    first call (decoding never changes them).
+    on this project's CPU (``results/bench/README.md``): the compiled ``ar`` at 1.25x HF
+    eager and 1.15x HF's own static cache + compile. The price: inductor does not keep
+    frozen graphs in its FX-graph cache, so a second process lowers the graph again (its
+    C++ kernels are still cached) — see :mod:`cllm_bench.compile_cache`. The weights must
+    not change after the first call (decoding never changes them).
 
     Compiling raises dynamo's recompile limit to 64: there is one graph per (engine, block
     bucket), and a run with a draft engine and several buckets needs more than the
