@@ -76,7 +76,7 @@ def test_guard_silent_at_or_above_hf_eager_and_off_cpu():
 def test_guard_says_why_ar_is_below_hf_eager():
     regressed = regression_guard(_rows(20.0, (19.5, 20.5), 32.0, (31, 33)), "cpu", QUIET)
     assert regressed is not None and regressed["flag"] == "ar_below_hf_eager"
-    assert regressed["ratio"] == pytest.approx(0.625) and "regression" in regressed["why"]
+    assert regressed["ratio"] == pytest.approx(0.625) and "regressed" in regressed["why"] and "drift" in regressed["why"]
     noisy = regression_guard(_rows(31.5, (30, 32.5), 32.0, (31, 33)), "cpu", QUIET)
     assert noisy is not None and "noise" in noisy["why"]
     busy = regression_guard(_rows(20.0, (19.5, 20.5), 32.0, (31, 33)), "cpu",
