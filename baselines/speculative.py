@@ -186,8 +186,18 @@ def propose(
     pending: accepted tokens not yet in the draft cache (>= 1; the last is x). The draft
     cache grows by ``len(pending) + k - 1`` (d_k is proposed, never fed).
     Returns ``(d_1..d_k, q)`` where q is the list of k draft distributions [V] when
-    sampling (empty when greedy).
+    sampling (empty when greedy). Greedy drafting keeps each argmax on the device and feeds
+    it to the next draft forward: one device -> host read per proposal, not one per token.
     """
+    if k <= 0:
+        return [], []
+    if temperature <= 0:
+        ids = draft.ids_tensor(pending)
+        picks: list[torch.Tensor] = []
+        for _ in range(k):
+            ids = draft.forward(ids)[:, -1].argmax(dim=-1, keepdim=True)  # [1, 1], stays on device
+            picks.append(ids)
+        return torch.cat(picks, dim=1)[0].tolist(), []
     tokens: list[int] = []
     dists: list[torch.Tensor] = []
     feed = pending
