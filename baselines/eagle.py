@@ -359,7 +359,8 @@ class EagleDecoder(Decoder):
         ids = [x] + tokens
         path, accepted, hidden = verify_tree(engine, ids, parents, depths)
         taken = out.accept(accepted)
-        trace.record("target", fed=len(ids), accepted=taken, proposed=len(tokens), accepted_len=len(accepted))
+        trace.record("target", fed=len(ids), accepted=taken, proposed=len(tokens), accepted_len=len(accepted),
+                     proposal_depth=max(depths))  # the tree's depth: the longest draft path offered
         drafter.add(hidden[[0] + path], accepted)  # x and the path: features for the next pairs
         return accepted[-1]
 

@@ -123,3 +123,14 @@ def test_real_decoders_histogram_sums_to_decode_forwards(llama64, spec):
     assert counts.offered_drafts
     assert all(a <= t for a, t in zip(counts.accepts, counts.trials))
     assert counts.trials and counts.trials[0] > 0
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_eagle_positions_stop_at_the_tree_depth(llama64, depth):
+    """An EAGLE forward offers a tree of depth ``depth + 1`` (the head's first top-k, then
+    ``depth`` expansions), not a chain of all its nodes: no position beyond it is tried."""
+    decoder = build_decoder(f"eagle:head=random,depth={depth},top_k=3,total_tokens=12")
+    traces = [decoder.generate(Engine(llama64), p, 24, NO_EOS) for p in prompts(2, seed=5)]
+    counts = acceptance_counts(traces)
+    assert counts.max_depth <= depth + 1 and len(counts.trials) <= depth + 1
+    assert all(a <= t for a, t in zip(counts.accepts, counts.trials))
