@@ -381,3 +381,22 @@ def test_spec_bench_reference_numbers_are_merged_into_the_report():
     board = json.loads((REFERENCE_JSON.parent / "spec_bench_leaderboard.json").read_text())["entries"]
     assert len(ref["entries"]) == len(json.loads(REFERENCE_JSON.read_text())["entries"]) + len(board)
     assert "RTX 3090" in paper_caveat(ref, [])
+
+
+def test_our_eagle_stands_next_to_published_eagle_and_eagle2_rows():
+    """The leaderboard table shows the published EAGLE-1 and EAGLE-2 rows next to our
+    ``eagle`` (EAGLE-2's tree by default), in the published order, and keeps PLD's rows."""
+    from cllm_bench.report.facts import load_references
+    from cllm_bench.report.model import Cell
+    from cllm_bench.report.speed import leaderboard_table
+
+    ref = load_references()
+    cells = [Cell("r", {"model": "m", "decoder": d, "task": "spec_bench", "by_category": {"overall": {"speedup": 1.0}},
+                        "accepted_length_with_bonus": 2.0}) for d in ("eagle:head=h", "prompt_lookup")]  # fmt: skip
+    table = leaderboard_table(cells, ref, multi=False)
+    labels = [row[0] for row in table.rows]
+    assert "eagle:head=h (ours)" in labels and "prompt_lookup (ours)" in labels
+    published = [label for label in labels if label.endswith("(published)")]
+    assert any(label.startswith("EAGLE-2") or label.startswith("EAGLE2") for label in published), published
+    assert any(label.startswith("EAGLE ") or label == "EAGLE (published)" for label in published), published
+    assert not any("EAGLE-3" in label or "EAGLE3" in label for label in published)

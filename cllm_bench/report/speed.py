@@ -24,6 +24,9 @@ from cllm_bench.categories import GROUP_LABELS, OVERALL, SPEC_BENCH_GROUPS
 from cllm_bench.report.blocks import DASH, Block, Section, TableBlock, TextBlock, fmt_num, fmt_speedup
 from cllm_bench.report.model import Cell, decoder_family, sorted_cells
 
+#: published Spec-Bench methods our decoder family implements (default: the same name);
+#: ``eagle`` is EAGLE-2's dynamic tree by default and EAGLE-1's static tree with ``tree=static``
+PUBLISHED_METHODS: dict[str, tuple[str, ...]] = {"eagle": ("eagle", "eagle2")}
 SPEC_BENCH_REFERENCE_JSON = Path(__file__).resolve().parents[2] / "results" / "reference" / "spec_bench_leaderboard.json"
 POSITIONS_SHOWN = 6
 
@@ -122,10 +125,13 @@ def leaderboard_table(cells: Sequence[Cell], reference: Mapping[str, Any], multi
     ours = [c for c in sorted_cells(cells) if c.key[2] == "spec_bench" and isinstance(c.get("by_category"), dict)]
     families = list(dict.fromkeys(decoder_family(c.key[1]) for c in ours))
     published = list(dict.fromkeys(str(e.get("method")) for e in reference["entries"]))
-    shown = [f for f in published if f in families] or []
+    first = {f: min((published.index(m) for m in PUBLISHED_METHODS.get(f, (f,)) if m in published), default=-1)
+             for f in families}  # fmt: skip
+    shown = sorted((f for f in families if first[f] >= 0), key=first.__getitem__)  # the published order
     rows, classes = [], []
     for family in shown:
-        for e in (e for e in reference["entries"] if e.get("method") == family):
+        methods = PUBLISHED_METHODS.get(family, (family,))
+        for e in (e for e in reference["entries"] if e.get("method") in methods):
             by = e.get("speedup_by_category") or {}
             values = [by.get(g) if g != OVERALL else e.get("speedup") for g in groups]
             rows.append((f"{e.get('method_label')} (published)", f"{e.get('model')}, {e.get('hardware', '').split(';')[0]}",
@@ -152,7 +158,7 @@ def leaderboard_section(cells: Sequence[Cell], reference: Mapping[str, Any] | No
         "A100 (Spec-Bench leaderboard, with its trained drafts and heads), speedup = mean of per-question tokens/s "
         "(prefill included) ÷ the same for HF generate; ours are this run's model, device and decoders (untrained "
         "drafts/heads unless the run loaded trained ones), speedup = total tokens/s ÷ ar's on the same questions. "
-        "Compare the shape across categories, not the values. Methods without a cllm-bench decoder (EAGLE*, Hydra, "
+        "Compare the shape across categories, not the values. Methods without a cllm-bench decoder (EAGLE-3, Hydra, "
         "REST, Recycling, SAMD) are in results/reference/spec_bench_leaderboard.json. Source: "
         + str(reference.get("description", ""))[:160] + "…",
         "warning",
@@ -163,5 +169,6 @@ def leaderboard_section(cells: Sequence[Cell], reference: Mapping[str, Any] | No
         blocks.append(table)
     else:
         blocks.append(TextBlock("None of this run's decoders has a published Spec-Bench row (published: speculative, "
-                                "prompt_lookup, medusa, lookahead and methods we do not implement).", "note"))  # fmt: skip
+                                "prompt_lookup, medusa, lookahead, eagle (EAGLE-1 and EAGLE-2) and methods we do not "
+                                "implement).", "note"))  # fmt: skip
     return Section("Spec-Bench leaderboard side by side", "spec-bench-leaderboard", tuple(blocks))
