@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cllm_bench.decoders.base import Decoder, OutputBuffer, greedy_start_batch
+from cllm_bench.decoders.base import Decoder, OutputBuffer, greedy_chain, greedy_start_batch
 from cllm_bench.decoders.companion import CompanionSlot
 from cllm_bench.decoders.draft_verify import Proposal, pick_token, proposal_budget, run_chain
 from cllm_bench.decoders.verify import chain_accept
@@ -192,12 +192,7 @@ def propose(
     if k <= 0:
         return [], []
     if temperature <= 0:
-        ids = draft.ids_tensor(pending)
-        picks: list[torch.Tensor] = []
-        for _ in range(k):
-            ids = draft.forward(ids)[:, -1].argmax(dim=-1, keepdim=True)  # [1, 1], stays on device
-            picks.append(ids)
-        return torch.cat(picks, dim=1)[0].tolist(), []
+        return greedy_chain(draft, draft.ids_tensor(pending), k)[0].tolist(), []
     tokens: list[int] = []
     dists: list[torch.Tensor] = []
     feed = pending

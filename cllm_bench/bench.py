@@ -27,7 +27,7 @@ from rich.table import Table
 from cllm_bench import metrics
 from cllm_bench.compile_cache import describe_compile_cache
 from cllm_bench.decoders.base import Decoder, batched_decoder_names, build_decoder
-from cllm_bench.engines.factory import HEADROOM, build_any_engine, resolve_options
+from cllm_bench.engines.factory import build_any_engine, resolve_options
 from cllm_bench.engines.protocols import AnyEngine, EngineOptions, is_batched
 from cllm_bench.errors import UserError
 from cllm_bench.models import DEFAULT_MODEL, LoadedModel, load_model
@@ -206,7 +206,7 @@ def measure_all(cfg: BenchConfig, loaded: LoadedModel, console: Console) -> tupl
     eos = loaded.eos_ids if cfg.stop_at_eos else frozenset()
     batch = cfg.batch_size
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    options = resolve_options(cfg.engine, cfg.compile, device, max_cache_len=bench_capacity(prompts, cfg, HEADROOM))
+    options = resolve_options(cfg.engine, cfg.compile, device)  # capacity: per decoder, below
     kind, comp = options.kind, options.compile
     hf_comp = cfg.hf_compiled == "on" or (cfg.hf_compiled == "auto" and device.type == "cuda")
     compile_cache = describe_compile_cache() if (comp or hf_comp) else None  # read before anything compiles

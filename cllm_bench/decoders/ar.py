@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cllm_bench.decoders.base import Decoder, OutputBuffer, greedy_start, new_outputs
+from cllm_bench.decoders.base import Decoder, OutputBuffer, greedy_chain, greedy_start, new_outputs
 from cllm_bench.errors import UserError
 from cllm_bench.engines.protocols import BatchedEngine, SingleEngine
 from cllm_bench.registry import register_decoder
@@ -57,16 +57,14 @@ class ARDecoder(Decoder):
         """The ``sync_every > 1`` loop: chunks of forwards on the device, one host read per chunk."""
         while not out.done:
             start = engine.length  # the cache holds everything accepted but the newest token
-            chunk: list[torch.Tensor] = []
-            for _ in range(min(self.sync_every, out.remaining)):
-                step_ids = engine.forward(step_ids)[:, -1].argmax(dim=-1, keepdim=True)  # [1, 1]
-                chunk.append(step_ids)
+            chunk = greedy_chain(engine, step_ids, min(self.sync_every, out.remaining))  # [1, k]
+            step_ids = chunk[:, -1:]
             taken = 0
-            for token in torch.cat(chunk, dim=1)[0].tolist():  # the chunk's one device -> host copy
+            for token in chunk[0].tolist():  # the chunk's one device -> host copy
                 accepted = out.accept([token])
                 taken += accepted
                 trace.record("target", fed=1, accepted=accepted)
-            if taken < len(chunk):  # stopped inside the chunk: forget the forwards past the stop
+            if taken < chunk.shape[1]:  # stopped inside the chunk: forget the forwards past the stop
                 engine.rollback(start + taken)
         return out.finish(trace)
 

@@ -168,6 +168,20 @@ def new_outputs(prompts: list[list[int]], max_new_tokens: int, eos_ids: frozense
     return [Trace(prompt_len=len(p)) for p in prompts], [OutputBuffer(max_new_tokens, eos_ids) for _ in prompts]
 
 
+def greedy_chain(engine: SingleEngine, ids: torch.Tensor, k: int) -> torch.Tensor:
+    """``k`` greedy forwards chained on the device: the first feeds ``ids`` [1, T], each
+    later one the previous forward's argmax, which never leaves the device. Returns the
+    ``k`` argmaxes [1, k] (still on the device; read them with one ``tolist``). The cache
+    grows by ``T + k - 1``: the last argmax is returned, not fed."""
+    import torch
+
+    picks = []
+    for _ in range(k):
+        ids = engine.forward(ids)[:, -1].argmax(dim=-1, keepdim=True)  # [1, 1]
+        picks.append(ids)
+    return torch.cat(picks, dim=1)
+
+
 def greedy_start(
     engine: SingleEngine, prompt_ids: list[int], max_new_tokens: int, eos_ids: frozenset[int]
 ) -> tuple[Trace, OutputBuffer, int]:
