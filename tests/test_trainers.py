@@ -139,6 +139,15 @@ def test_first_wrong_mask():
     valid = torch.tensor([[True] * 4, [True] * 4, [True, True, True, False]])
     mask = cllm.first_wrong_mask(states, fixed, valid)
     assert mask.tolist() == [[False] * 4, [False, True, True, True], [True, True, True, False]]
+    window = cllm.first_wrong_mask(states, fixed, valid, window=2)
+    assert window.tolist() == [[False] * 4, [False, True, True, False], [True, True, False, False]]
+
+
+def test_first_prompts_keeps_every_block_of_the_first_prompts():
+    recs = [{"data_id": d, "block_index": b} for d, b in (("a", 0), ("b", 0), ("a", 1), ("c", 0), ("b", 1))]
+    assert cllm.first_prompts(recs, 0) is recs
+    assert [(r["data_id"], r["block_index"]) for r in cllm.first_prompts(recs, 2)] == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
+    assert len(cllm.first_prompts(recs, 9)) == 5
 
 
 def test_soft_cross_entropy_is_kl_plus_entropy():
@@ -582,6 +591,33 @@ def test_packed_training_curves_and_resume(work, target, traj):
     assert point["train_consistency_loss"] is not None and point["train_ar_loss"] is not None
     assert len(m["loss_terms"]["consistency"]) == 4 and m["throughput"]["consistency_positions_per_s"] > 0
     assert m["packed"] and m["states_per_block"] == 4
+
+
+def test_packed_consistency_window_counts_only_the_first_positions():
+    """--consistency-window W: each state contributes min(W, m - first_wrong) positions."""
+    from cllm_bench.trainers.cllm_packed import packed_losses
+    from cllm_bench.trainers.packing import StateSegment
+
+    model = tiny_llama(seed=3, dtype=torch.float64)
+    prompt = prompts(1, seed=9)[0]
+    answer = list(range(10, 22))
+    segs = [StateSegment(0, (10, 11, 3, 3, 3, 3)), StateSegment(6, (3, 3, 3, 3, 3, 3)), StateSegment(6, tuple(answer[6:]))]
+    item = {"prompt": prompt, "answer": answer, "segments": segs}
+    counts = {w: packed_losses(model, item, ar_weight=1.0, label_smoothing=0.0, window=w)[2] for w in (0, 1, 3, 9)}
+    assert counts == {0: 4 + 6, 1: 1 + 1, 3: 3 + 3, 9: 4 + 6}
+    full, windowed = (packed_losses(model, item, ar_weight=1.0, label_smoothing=0.0, window=w)[1] for w in (0, 3))
+    assert full.item() != windowed.item()
+
+
+def test_max_prompts_and_window_flags(work, target, traj):
+    out = work / "cllm_subset"
+    train("cllm", "--model", target, "--trajectories", traj, "--out", out, "--max-prompts", "2",
+          "--consistency-window", "3", "--max-steps", "2", "--save-every", "0")
+    m = manifest(out)
+    assert (m["prompts"], m["max_prompts"], m["consistency_window"], m["updates"]) == (2, 2, 3, 2)
+    for flag in ("--max-prompts", "--consistency-window"):
+        assert cli.main(["cllm", "--model", str(target), "--trajectories", str(traj), "--out", str(work / "bad"), flag, "-1"]) == 2
+    assert not (work / "bad").exists()
 
 
 def test_trajectories_of_another_model_are_refused(work, traj):

@@ -106,6 +106,9 @@ def add_cllm(sub: Any) -> None:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--consistency", choices=("global", "local"), default="global",
                    help="global: target = fixed point (reference); local: target = next state")
+    p.add_argument("--consistency-window", type=int, default=0,
+                   help="consistency loss on only the first W positions from the first wrong token of "
+                        "each state (0: to the block's end, the reference)")
     p.add_argument("--use-gt-labels", action="store_true", help="AR loss on the gold answer instead of y*")
     p.add_argument("--packed", action=argparse.BooleanOptionalAction, default=None,
                    help="all blocks and several states of a prompt in one forward over the cached prompt (the "
@@ -113,6 +116,9 @@ def add_cllm(sub: Any) -> None:
                         "reference's one state of one block per step")
     p.add_argument("--states-per-block", type=int, default=4,
                    help="packed: intermediate states drawn per block and update (0: all)")
+    p.add_argument("--max-prompts", type=int, default=0,
+                   help="train on the trajectories of the first N prompts only (0: all); the "
+                        "number-of-prompts ablation, and with many --epochs a capacity check")
     c = p.add_argument_group("learning curves")
     c.add_argument("--eval-every", type=int, default=0, help="Jacobi-decode the curve prompts every K updates (0: off)")
     c.add_argument("--eval-prompts", default=None, help="task whose --eval-split gives held-out prompts (e.g. spider)")

@@ -10,7 +10,8 @@ s^0 .. s^{K-1} (the fixed point y* excluded; a block whose s^0 is already y* giv
   the block positions from the first token where s^i differs from y* to the block end:
   student = the model on prompt + s^i, target = the SAME model on prompt + y*, detached
   (global form, the reference) or on prompt + s^{i+1} (``--consistency local``, the
-  paper's adjacent-state form). Zero when s^i == y*.
+  paper's adjacent-state form). Zero when s^i == y*. ``--consistency-window W`` keeps only
+  the first W of those positions (not in the reference: see docs/training.md).
 
 Both terms are back-propagated separately (as the reference, to bound activation memory).
 With the global form and fixed-point labels, the AR forward IS the target forward (same
@@ -39,13 +40,17 @@ CONSISTENCY_FORMS = ("global", "local")
 
 
 # --------------------------------------------------------------------------- losses
-def first_wrong_mask(states: torch.Tensor, fixed: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """[B, n] bool: block positions from the first one where ``states`` != ``fixed`` on.
+def first_wrong_mask(states: torch.Tensor, fixed: torch.Tensor, valid: torch.Tensor, window: int = 0) -> torch.Tensor:
+    """[B, n] bool: block positions from the first one where ``states`` != ``fixed`` on
+    (only the first ``window`` of them when ``window`` > 0).
 
     states, fixed: [B, n] long; valid: [B, n] bool (False on padding of short blocks).
     """
     wrong = (states != fixed) & valid
-    return (wrong.long().cumsum(dim=-1) > 0) & valid
+    after = (wrong.long().cumsum(dim=-1) > 0) & valid
+    if window > 0:
+        after &= after.long().cumsum(dim=-1) <= window
+    return after
 
 
 def soft_cross_entropy(student_logits: torch.Tensor, target_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -141,9 +146,25 @@ class CllmCollator:
         return batch
 
 
-def load_records(folder: Path, use_gt_labels: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Trajectory records (+ the folder's manifest, {} if none), checked for the options."""
-    records = common.read_trajectories(folder)
+def first_prompts(records: list[dict[str, Any]], max_prompts: int) -> list[dict[str, Any]]:
+    """The records of the first ``max_prompts`` prompts (by first-seen ``data_id``), in file
+    order; all of them when ``max_prompts`` is 0."""
+    if max_prompts <= 0:
+        return records
+    kept: set[str] = set()
+    out = []
+    for rec in records:
+        if rec["data_id"] not in kept and len(kept) < max_prompts:
+            kept.add(rec["data_id"])
+        if rec["data_id"] in kept:
+            out.append(rec)
+    return out
+
+
+def load_records(folder: Path, use_gt_labels: bool, max_prompts: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Trajectory records of the first ``max_prompts`` prompts (0: all) + the folder's
+    manifest ({} if none), checked for the options."""
+    records = first_prompts(common.read_trajectories(folder), max_prompts)
     if use_gt_labels and any(r.get("label_ids") is None for r in records):
         raise DataError(
             f"{folder}: some records have no label_ids; --use-gt-labels needs trajectories built from a "
@@ -159,10 +180,12 @@ def model_logits(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     return model(input_ids=ids, attention_mask=mask, use_cache=False).logits
 
 
-def consistency_loss(model: Any, batch: dict[str, torch.Tensor], form: str, target_logits: torch.Tensor | None = None) -> torch.Tensor:
+def consistency_loss(model: Any, batch: dict[str, torch.Tensor], form: str, target_logits: torch.Tensor | None = None,
+                     window: int = 0) -> torch.Tensor:  # fmt: skip
     """The consistency term for one batch (see module docstring). ``target_logits``:
-    [B, n, V] block logits of the target input when already computed (global form)."""
-    mask = first_wrong_mask(batch["states"], batch["fixed"], batch["valid"])
+    [B, n, V] block logits of the target input when already computed (global form);
+    ``window`` > 0: only the first ``window`` positions from the first wrong token."""
+    mask = first_wrong_mask(batch["states"], batch["fixed"], batch["valid"], window)
     if target_logits is None:
         key = "target" if form == "global" else "next"
         with torch.no_grad():
@@ -171,7 +194,8 @@ def consistency_loss(model: Any, batch: dict[str, torch.Tensor], form: str, targ
     return soft_cross_entropy(student, target_logits, mask.to(student.device))
 
 
-def make_step(acc: Any, model: Any, *, ar_weight: float, label_smoothing: float, form: str, ar_tokens: str, use_gt_labels: bool):
+def make_step(acc: Any, model: Any, *, ar_weight: float, label_smoothing: float, form: str, ar_tokens: str, use_gt_labels: bool,
+              window: int = 0):  # fmt: skip
     """The per-micro-batch step: AR loss backward, then consistency loss backward."""
     reuse_target = form == "global" and not use_gt_labels
     label_key = "ar_labels_all" if ar_tokens == "all" else "ar_labels_answer"
@@ -182,7 +206,7 @@ def make_step(acc: Any, model: Any, *, ar_weight: float, label_smoothing: float,
         target = gather_block_logits(logits.detach(), batch["positions"]) if reuse_target else None
         acc.backward(ar)
         del logits
-        cons = consistency_loss(model, batch, form, target)
+        cons = consistency_loss(model, batch, form, target, window)
         acc.backward(cons)
         return {"loss": float(ar.detach()) + float(cons.detach()), "ar": float(ar.detach()), "consistency": float(cons.detach())}
 
@@ -223,8 +247,12 @@ def run(args: argparse.Namespace, console: Any = None) -> int:
                         "use --no-packed for --consistency local or --use-gt-labels")
     if args.eval_every < 0 or args.eval_limit < 1:
         raise UserError("--eval-every must be >= 0 and --eval-limit >= 1")
+    if args.consistency_window < 0:
+        raise UserError("--consistency-window must be >= 0 (0: every position from the first wrong token, the reference)")
+    if args.max_prompts < 0:
+        raise UserError("--max-prompts must be >= 0 (0: every prompt of the trajectories)")
     settings = common.settings_from_args(args)
-    records, traj_manifest = load_records(Path(args.trajectories), args.use_gt_labels)
+    records, traj_manifest = load_records(Path(args.trajectories), args.use_gt_labels, args.max_prompts)
     grouped = group_records(records) if packed else None
     acc = common.make_accelerator(settings.mixed_precision, settings.grad_accum, settings.cpu, settings.seed)
     loaded = common.load_for_training(args.model, args.dtype, args.gradient_checkpointing)
@@ -238,13 +266,14 @@ def run(args: argparse.Namespace, console: Any = None) -> int:
     if packed:
         dataset: Any = PackedDataset(grouped, args.states_per_block, settings.seed)
         collate: Any = collate_items
-        step = make_packed_step(acc, model, ar_weight=args.ar_weight, label_smoothing=args.label_smoothing)
+        step = make_packed_step(acc, model, ar_weight=args.ar_weight, label_smoothing=args.label_smoothing,
+                                window=args.consistency_window)
     else:
         dataset = TrajectoryDataset(records, settings.seed, args.use_gt_labels)
         collate = CllmCollator(common.pad_token_id(loaded.tokenizer, loaded.model))
         step = make_step(
             acc, model, ar_weight=args.ar_weight, label_smoothing=args.label_smoothing, form=args.consistency,
-            ar_tokens=args.ar_tokens, use_gt_labels=args.use_gt_labels,
+            ar_tokens=args.ar_tokens, use_gt_labels=args.use_gt_labels, window=args.consistency_window,
         )
     eval_kwargs = dict(n=args.eval_n or n, max_new_tokens=args.eval_max_new_tokens, eos_ids=loaded.eos_ids,
                        task=task, tokenizer=loaded.tokenizer)
@@ -285,7 +314,8 @@ def run(args: argparse.Namespace, console: Any = None) -> int:
         throughput = common.throughput(progress, settings.grad_accum)
         common.write_manifest(
             Path(args.out), "cllm", model=args.model, trajectories=str(args.trajectories),
-            n=traj_manifest.get("n"), records=len(records), prompts=len(train_prompts), consistency=args.consistency,
+            n=traj_manifest.get("n"), records=len(records), prompts=len(train_prompts), max_prompts=args.max_prompts,
+            consistency=args.consistency, consistency_window=args.consistency_window,
             ar_weight=args.ar_weight, label_smoothing=args.label_smoothing, use_gt_labels=args.use_gt_labels,
             ar_tokens=args.ar_tokens, packed=packed, states_per_block=args.states_per_block if packed else 1,
             throughput=throughput, loss_terms=progress.terms, curve=progress.curve,

@@ -111,8 +111,11 @@ def first_wrong(state: tuple[int, ...], fixed: list[int]) -> int:
     return next((i for i, (a, b) in enumerate(zip(state, fixed)) if a != b), len(state))
 
 
-def packed_losses(model: Any, item: dict[str, Any], *, ar_weight: float, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """(AR loss, consistency loss, consistency positions) of one prompt (graphs attached)."""
+def packed_losses(model: Any, item: dict[str, Any], *, ar_weight: float, label_smoothing: float,
+                  window: int = 0) -> tuple[torch.Tensor, torch.Tensor, int]:  # fmt: skip
+    """(AR loss, consistency loss, consistency positions) of one prompt (graphs attached).
+    ``window`` > 0: the consistency loss covers only the first ``window`` positions of each
+    state from its first wrong token (0: to the block's end, the reference)."""
     prompt, answer, segments = item["prompt"], item["answer"], item["segments"]
     packed = pack(prompt, answer, segments, cache_len=len(prompt) - 1, with_ar=True)
     inner = getattr(model, "module", model)  # the prefix needs no DDP hooks
@@ -127,8 +130,9 @@ def packed_losses(model: Any, item: dict[str, Any], *, ar_weight: float, label_s
         wrong = first_wrong(seg.state, answer[seg.start : seg.start + m])
         if wrong == m:
             continue
-        student_rows.append(index[wrong:])
-        teacher_rows.append(torch.arange(seg.start + wrong, seg.start + m))
+        end = m if window <= 0 else min(m, wrong + window)
+        student_rows.append(index[wrong:end])
+        teacher_rows.append(torch.arange(seg.start + wrong, seg.start + end))
     if not student_rows:
         return ar, logits.sum() * 0.0, 0
     student = logits[torch.cat(student_rows).to(logits.device)].float()
@@ -137,13 +141,14 @@ def packed_losses(model: Any, item: dict[str, Any], *, ar_weight: float, label_s
     return ar, cons, int(student.shape[0])
 
 
-def make_packed_step(acc: Any, model: Any, *, ar_weight: float, label_smoothing: float):
+def make_packed_step(acc: Any, model: Any, *, ar_weight: float, label_smoothing: float, window: int = 0):
     """The per-micro-batch step over a list of packed items: one backward per item."""
 
     def step(items: list[dict[str, Any]]) -> dict[str, float]:
         logged = {"loss": 0.0, "ar": 0.0, "consistency": 0.0, "positions": 0.0, "records": float(len(items))}
         for item in items:
-            ar, cons, positions = packed_losses(model, item, ar_weight=ar_weight, label_smoothing=label_smoothing)
+            ar, cons, positions = packed_losses(model, item, ar_weight=ar_weight, label_smoothing=label_smoothing,
+                                                window=window)
             acc.backward((ar + cons) / len(items))
             logged["ar"] += float(ar.detach()) / len(items)
             logged["consistency"] += float(cons.detach()) / len(items)
