@@ -231,8 +231,7 @@ class LookaheadDecoder(Decoder):
         layout = step_layout(x, levels, candidates, self.n - 1)
         start = engine.length
         positions = (layout.offsets + start).unsqueeze(0).to(engine.device)
-        logits = engine.forward(engine.ids_tensor(layout.ids), positions=positions, tree_mask=layout.mask)
-        predicted = logits[0].argmax(dim=-1).tolist()
+        predicted = engine.forward_greedy(engine.ids_tensor(layout.ids), positions=positions, tree_mask=layout.mask)[0].tolist()
         kept, accepted = verify_candidates(x, candidates, layout, predicted)
         if self.cap:
             accepted = accepted[: self.n - 1]

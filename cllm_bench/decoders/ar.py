@@ -47,8 +47,7 @@ class ARDecoder(Decoder):
         if self.sync_every > 1:
             return self._generate_chunked(engine, step_ids, trace, out)
         while not out.done:
-            logits = engine.forward(step_ids)
-            next_id = logits[:, -1].argmax(dim=-1, keepdim=True)  # [1, 1], stays on device
+            next_id = engine.forward_greedy(step_ids)  # [1, 1], stays on device
             trace.record("target", fed=1, accepted=out.accept([int(next_id)]))
             step_ids = next_id
         return out.finish(trace)

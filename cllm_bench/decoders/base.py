@@ -177,7 +177,7 @@ def greedy_chain(engine: SingleEngine, ids: torch.Tensor, k: int) -> torch.Tenso
 
     picks = []
     for _ in range(k):
-        ids = engine.forward(ids)[:, -1].argmax(dim=-1, keepdim=True)  # [1, 1]
+        ids = engine.forward_greedy(ids)[:, -1:]  # [1, 1]
         picks.append(ids)
     return torch.cat(picks, dim=1)
 

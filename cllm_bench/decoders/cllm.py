@@ -232,8 +232,8 @@ class CLLMDecoder(JacobiDecoder):
             ids, offsets, mask = run.tree_inputs(cands)
             start = run.base + run.fed_from
             positions = (offsets + run.base).unsqueeze(0).to(engine.device)
-            logits = engine.forward(engine.ids_tensor(ids), positions=positions, tree_mask=mask)
-            done, kept = run.update_with_candidates(logits[0].argmax(dim=-1).tolist(), cands, out, trace)
+            predicted = engine.forward_greedy(engine.ids_tensor(ids), positions=positions, tree_mask=mask)
+            done, kept = run.update_with_candidates(predicted[0].tolist(), cands, out, trace)
             if kept is None:
                 engine.rollback(run.base + run.cached_len)  # the verified prefix; drops the candidate chains
             else:

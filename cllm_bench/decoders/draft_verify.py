@@ -184,11 +184,15 @@ def verify_step(
     """
     proposal = proposer.propose(proposal_budget(k, out.remaining), trace)
     start = engine.length
-    logits, hidden = score_chain(engine, x, proposal.tokens, target_hidden)
     if temperature > 0:
+        logits, hidden = score_chain(engine, x, proposal.tokens, target_hidden)
         accepted = sample_accept(proposal.tokens, proposal.dists, logits, temperature, generator)
-    else:
+    elif target_hidden:
+        logits, hidden = score_chain(engine, x, proposal.tokens, target_hidden)
         accepted = chain_accept(proposal.tokens, logits.argmax(dim=-1).tolist())
+    else:  # greedy: only the target's argmaxes leave its step
+        hidden = None
+        accepted = chain_accept(proposal.tokens, engine.forward_greedy(engine.ids_tensor([x] + proposal.tokens))[0].tolist())
     engine.rollback(start + len(accepted))  # x and the accepted drafts d_1..d_m
     taken = out.accept(accepted)
     proposed = len(proposal.tokens)

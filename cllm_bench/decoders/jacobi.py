@@ -206,8 +206,8 @@ class JacobiDecoder(Decoder):
         run = self.start_block(trace, out, first, context, rng, engine.length)
         next_first = first
         while True:
-            logits = engine.forward(engine.ids_tensor(run.feed()))
-            done = run.update(logits[0].argmax(dim=-1).tolist(), out, trace)
+            predicted = engine.forward_greedy(engine.ids_tensor(run.feed()))
+            done = run.update(predicted[0].tolist(), out, trace)
             if done is not None:
                 next_first = done
                 break

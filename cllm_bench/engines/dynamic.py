@@ -8,6 +8,8 @@ Decoders talk to the model only through the engine protocol
   a k x k ``tree_mask`` saying which of the *new* tokens each new token may attend to
   (every new token always sees the whole committed cache). The block is appended to the
   cache;
+* :meth:`Engine.forward_greedy` — the same forward, returning only the argmax token ids
+  (what greedy decoders read);
 * :meth:`Engine.rollback` / :meth:`Engine.keep` — keep only what was accepted: a
   contiguous prefix (rollback to a length) or scattered block positions (tree decoders).
 
@@ -100,6 +102,13 @@ class Engine(EngineCore):
         if output_hidden:
             return out.logits, out.hidden_states[-1]
         return out.logits
+
+    @torch.inference_mode()
+    def forward_greedy(
+        self, ids: torch.Tensor, positions: torch.Tensor | None = None, tree_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """:meth:`forward`, returning the argmax at each new position: [1, k] long."""
+        return self.forward(ids, positions, tree_mask).argmax(dim=-1)
 
     def _additive_mask(self, past: int, tree_mask: torch.Tensor) -> torch.Tensor:
         """[1, 1, k, past + k] float mask: 0 where attention is allowed, dtype-min elsewhere."""

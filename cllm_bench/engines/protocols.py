@@ -89,6 +89,14 @@ class SingleEngine(Protocol):
         sees the whole committed cache. Returns logits [1, k, V] (and hidden [1, k, H]
         when ``output_hidden``)."""
 
+    def forward_greedy(
+        self, ids: torch.Tensor, positions: torch.Tensor | None = None, tree_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """:meth:`forward` (same arguments, same cache effect), returning only the argmax
+        token id at each new position: [1, k] long, on the device. Equal to
+        ``forward(...).argmax(-1)``; a compiled engine computes the argmax inside its
+        compiled step, so only k ids leave the graph."""
+
     def rollback(self, length: int) -> None:
         """Keep the first ``length`` cached positions, drop the rest."""
 

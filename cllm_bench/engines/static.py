@@ -16,6 +16,10 @@ same tokens on both paths.
   themselves, sit after the real tokens and are dropped by resetting the length, so
   padding changes no real logit. The prefill (variable length) runs eagerly. On a CPU
   the graph is compiled with inductor's weight freezing (:func:`compiled_decode`).
+* :meth:`StaticEngine.forward_greedy` is the decode step of greedy decoders (gpt-fast's
+  ``decode_one_token``): mask, forward, cache write and argmax in one compiled graph,
+  whose output is the k token ids, not the [k, V] logits. It is its own graph (one per
+  bucket), compiled on first use, so a run that only decodes greedily compiles only it.
 """
 
 from __future__ import annotations
@@ -118,6 +122,7 @@ class StaticEngine(EngineCore):
         self._length_t = torch.zeros((), dtype=torch.long, device=self.device)  # == self._length, on device
         self._causal: dict[int, torch.Tensor] = {}
         self._decode_forward = compiled_decode(self._forward_logits, compile, mode, self.device)
+        self._greedy_forward = compiled_decode(self._forward_argmax, compile, mode, self.device)
         self.reset()
 
     # -- state -----------------------------------------------------------------------
@@ -186,6 +191,11 @@ class StaticEngine(EngineCore):
                          **self._cache_kwarg(), use_cache=True)  # fmt: skip
         return out.logits
 
+    def _forward_argmax(
+        self, ids: torch.Tensor, positions: torch.Tensor, block: torch.Tensor, length: torch.Tensor
+    ) -> torch.Tensor:
+        return self._forward_logits(ids, positions, block, length).argmax(dim=-1)
+
     # -- forwards --------------------------------------------------------------------
     @torch.inference_mode()
     def prefill(self, prompt_ids: list[int] | torch.Tensor) -> torch.Tensor:
@@ -210,18 +220,46 @@ class StaticEngine(EngineCore):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         k = ids.shape[1]
         start = self._length
-        if not ids.is_inference():  # one dispatch-key set for the compiled graph's guards
-            ids = ids.clone()
-        self._check_room(bucket_size(k, self.buckets) if self.buckets else k)
-        if positions is None:
-            positions = (self._columns[:k] + start).unsqueeze(0)
-        block = self._causal_block(k) if tree_mask is None else tree_mask.to(self.device, torch.bool)
+        ids, positions, block = self._block_inputs(ids, positions, tree_mask)
         if output_hidden:  # rare path (Medusa): eager, exact width
             out = self.model(input_ids=ids, position_ids=positions, attention_mask=self._mask(block, self._length_t),
                              **self._cache_kwarg(), use_cache=True, output_hidden_states=True)  # fmt: skip
             self.forwards += 1
             self._set_length(start + k, cache_in_sync=True)
             return out.logits, out.hidden_states[-1]
+        logits = self._run_block(self._decode_forward, ids, positions, block)
+        return logits[:, :k].clone() if self.compile else logits[:, :k]
+
+    @torch.inference_mode()
+    def forward_greedy(
+        self, ids: torch.Tensor, positions: torch.Tensor | None = None, tree_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """:meth:`forward` with the argmax inside the (compiled) step: [1, k] long ids."""
+        k = ids.shape[1]
+        ids, positions, block = self._block_inputs(ids, positions, tree_mask)
+        picks = self._run_block(self._greedy_forward, ids, positions, block)
+        return picks[:, :k].clone() if self.compile else picks[:, :k]
+
+    def _block_inputs(
+        self, ids: torch.Tensor, positions: torch.Tensor | None, tree_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(ids, positions, block mask) of a k-token block written at the current length,
+        checked for room (its padded width included)."""
+        k = ids.shape[1]
+        if not ids.is_inference():  # one dispatch-key set for the compiled graph's guards
+            ids = ids.clone()
+        self._check_room(bucket_size(k, self.buckets) if self.buckets else k)
+        if positions is None:
+            positions = (self._columns[:k] + self._length).unsqueeze(0)
+        block = self._causal_block(k) if tree_mask is None else tree_mask.to(self.device, torch.bool)
+        return ids, positions, block
+
+    def _run_block(
+        self, step: Callable[..., torch.Tensor], ids: torch.Tensor, positions: torch.Tensor, block: torch.Tensor
+    ) -> torch.Tensor:
+        """Run ``step`` (the logits or the argmax graph) on the block padded to its bucket;
+        count the forward and commit the k real positions. Returns [1, b, ...] (b >= k)."""
+        k, start = ids.shape[1], self._length
         b = bucket_size(k, self.buckets) if self.buckets else k
         if b > k:  # pad: extra tokens after the real ones, each attending only to itself
             pad = b - k
@@ -232,7 +270,7 @@ class StaticEngine(EngineCore):
             block = full
         if self.compile:
             torch.compiler.cudagraph_mark_step_begin()
-        logits = self._decode_forward(ids, positions, block, self._length_t)
+        out = step(ids, positions, block, self._length_t)
         self.forwards += 1
         self._set_length(start + k, cache_in_sync=(b == k))
-        return logits[:, :k].clone() if self.compile else logits[:, :k]
+        return out
