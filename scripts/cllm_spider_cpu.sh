@@ -26,13 +26,8 @@ LOG="$RESULTS/commands.md"
   echo "| step | command | wall time (s) |"
   echo "| --- | --- | ---: |"
 } > "$LOG"
-step() {
-  local name=$1; shift
-  local t0=$SECONDS
-  echo ">>> $name: $*"
-  "$@"
-  echo "| $name | \`$*\` | $((SECONDS - t0)) |" >> "$LOG"
-}
+# shellcheck source=steps.sh
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 [ -f "$WORK/traj/trajectories.jsonl" ] || step trajectories cllm-bench train trajectories --model "$MODEL" --prompts spider \
   --data-dir "$DATA" --n "$N" --max-new-tokens "$MAX_NEW" --limit "$N_TRAIN" --batch-size 8 --collector packed \
   --out "$WORK/traj" --cpu

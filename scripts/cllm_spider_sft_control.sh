@@ -30,13 +30,8 @@ LOG="$RESULTS/commands.md"
   echo "| step | command | wall time (s) |"
   echo "| --- | --- | ---: |"
 } > "$LOG"
-step() {
-  local name=$1; shift
-  local t0=$SECONDS
-  echo ">>> $name: $*"
-  "$@"
-  echo "| $name | \`$*\` | $((SECONDS - t0)) |" >> "$LOG"
-}
+# shellcheck source=steps.sh
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 [ -f "$WORK/sft/config.json" ] || step sft cllm-bench train sft --model "$MODEL" --data spider --data-dir "$DATA" \
   --limit "$N_TRAIN" --epochs "$EPOCHS" --lr "$LR" --out "$WORK/sft" --save-every 100 --cpu
 cp "$WORK/sft/manifest.json" "$RESULTS/manifest-sft.json"

@@ -41,13 +41,8 @@ else {
 } > "$LOG"
 fi
 
-step() {  # step NAME COMMAND... : run, time, log
-  local name=$1; shift
-  local t0=$SECONDS
-  echo ">>> $name: $*"
-  "$@"
-  echo "| $name | \`$*\` | $((SECONDS - t0)) |" >> "$LOG"
-}
+# shellcheck source=steps.sh
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 
 # The three trainers read only the target's greedy answers (answer_ids) from the trajectories
 # folder, so when it is missing the packed collector makes them with batched `ar` and noised

@@ -72,13 +72,8 @@ LOG="$RESULTS/commands.md"
   echo "| --- | --- | ---: |"
 } > "$LOG"
 
-step() {  # step NAME COMMAND... : run, time, log
-  local name=$1; shift
-  local t0=$SECONDS
-  echo ">>> $name: $*"
-  "$@"
-  echo "| $name | \`$*\` | $((SECONDS - t0)) |" >> "$LOG"
-}
+# shellcheck source=steps.sh
+source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 
 STEPS_FLAG=(); [ "$CLLM_STEPS" != "0" ] && STEPS_FLAG=(--max-steps "$CLLM_STEPS")
 CPU_FLAG=(); [ "$GPU" = "0" ] && CPU_FLAG=(--cpu)

@@ -1,0 +1,11 @@
+# Sourced by the pipeline scripts: `step NAME COMMAND...` runs COMMAND, echoes it, and
+# appends a row `| NAME | `COMMAND` | seconds |` to the Markdown table in "$LOG" (the
+# script's commands.md), so every committed figure names the command and time of its step.
+# A failing COMMAND stops the script (the callers run under `set -e`) and logs no row.
+step() {  # step NAME COMMAND... : run, time, log
+  local name=$1; shift
+  local t0=$SECONDS
+  echo ">>> $name: $*"
+  "$@"
+  echo "| $name | \`$*\` | $((SECONDS - t0)) |" >> "$LOG"
+}
