@@ -612,10 +612,12 @@ def test_packed_consistency_window_counts_only_the_first_positions():
 def test_max_prompts_and_window_flags(work, target, traj):
     out = work / "cllm_subset"
     train("cllm", "--model", target, "--trajectories", traj, "--out", out, "--max-prompts", "2",
-          "--consistency-window", "3", "--max-steps", "2", "--save-every", "0")
+          "--consistency-window", "3", "--consistency-weight", "0", "--max-steps", "2", "--save-every", "0")
     m = manifest(out)
-    assert (m["prompts"], m["max_prompts"], m["consistency_window"], m["updates"]) == (2, 2, 3, 2)
-    for flag in ("--max-prompts", "--consistency-window"):
+    assert (m["prompts"], m["max_prompts"], m["consistency_window"], m["consistency_weight"], m["updates"]) == (2, 2, 3, 0.0, 2)
+    assert m["loss_terms"]["consistency"][0] > 0  # logged unweighted
+    assert m["losses"][0] == pytest.approx(m["loss_terms"]["ar"][0])  # the optimised loss: AR alone
+    for flag in ("--max-prompts", "--consistency-window", "--consistency-weight"):
         assert cli.main(["cllm", "--model", str(target), "--trajectories", str(traj), "--out", str(work / "bad"), flag, "-1"]) == 2
     assert not (work / "bad").exists()
 

@@ -106,6 +106,9 @@ def add_cllm(sub: Any) -> None:
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--consistency", choices=("global", "local"), default="global",
                    help="global: target = fixed point (reference); local: target = next state")
+    p.add_argument("--consistency-weight", type=float, default=1.0,
+                   help="weight of the consistency loss (1: the reference; 0: the AR-only control, the "
+                        "model trained on its own answers y* alone)")
     p.add_argument("--consistency-window", type=int, default=0,
                    help="consistency loss on only the first W positions from the first wrong token of "
                         "each state (0: to the block's end, the reference)")

@@ -11,7 +11,8 @@ s^0 .. s^{K-1} (the fixed point y* excluded; a block whose s^0 is already y* giv
   student = the model on prompt + s^i, target = the SAME model on prompt + y*, detached
   (global form, the reference) or on prompt + s^{i+1} (``--consistency local``, the
   paper's adjacent-state form). Zero when s^i == y*. ``--consistency-window W`` keeps only
-  the first W of those positions (not in the reference: see docs/training.md).
+  the first W of those positions, ``--consistency-weight`` scales the term (0: the
+  AR-only control); neither is in the reference (see docs/training.md).
 
 Both terms are back-propagated separately (as the reference, to bound activation memory).
 With the global form and fixed-point labels, the AR forward IS the target forward (same
@@ -195,8 +196,9 @@ def consistency_loss(model: Any, batch: dict[str, torch.Tensor], form: str, targ
 
 
 def make_step(acc: Any, model: Any, *, ar_weight: float, label_smoothing: float, form: str, ar_tokens: str, use_gt_labels: bool,
-              window: int = 0):  # fmt: skip
-    """The per-micro-batch step: AR loss backward, then consistency loss backward."""
+              window: int = 0, consistency_weight: float = 1.0):  # fmt: skip
+    """The per-micro-batch step: AR loss backward, then ``consistency_weight`` x the
+    consistency loss backward (the logged consistency term is unweighted)."""
     reuse_target = form == "global" and not use_gt_labels
     label_key = "ar_labels_all" if ar_tokens == "all" else "ar_labels_answer"
 
@@ -207,8 +209,8 @@ def make_step(acc: Any, model: Any, *, ar_weight: float, label_smoothing: float,
         acc.backward(ar)
         del logits
         cons = consistency_loss(model, batch, form, target, window)
-        acc.backward(cons)
-        return {"loss": float(ar.detach()) + float(cons.detach()), "ar": float(ar.detach()), "consistency": float(cons.detach())}
+        acc.backward(consistency_weight * cons)
+        return {"loss": float(ar.detach()) + consistency_weight * float(cons.detach()), "ar": float(ar.detach()), "consistency": float(cons.detach())}
 
     return step
 
@@ -247,6 +249,8 @@ def run(args: argparse.Namespace, console: Any = None) -> int:
                         "use --no-packed for --consistency local or --use-gt-labels")
     if args.eval_every < 0 or args.eval_limit < 1:
         raise UserError("--eval-every must be >= 0 and --eval-limit >= 1")
+    if args.consistency_weight < 0:
+        raise UserError("--consistency-weight must be >= 0 (0: the AR-only control)")
     if args.consistency_window < 0:
         raise UserError("--consistency-window must be >= 0 (0: every position from the first wrong token, the reference)")
     if args.max_prompts < 0:
@@ -267,13 +271,14 @@ def run(args: argparse.Namespace, console: Any = None) -> int:
         dataset: Any = PackedDataset(grouped, args.states_per_block, settings.seed)
         collate: Any = collate_items
         step = make_packed_step(acc, model, ar_weight=args.ar_weight, label_smoothing=args.label_smoothing,
-                                window=args.consistency_window)
+                                window=args.consistency_window, consistency_weight=args.consistency_weight)
     else:
         dataset = TrajectoryDataset(records, settings.seed, args.use_gt_labels)
         collate = CllmCollator(common.pad_token_id(loaded.tokenizer, loaded.model))
         step = make_step(
             acc, model, ar_weight=args.ar_weight, label_smoothing=args.label_smoothing, form=args.consistency,
             ar_tokens=args.ar_tokens, use_gt_labels=args.use_gt_labels, window=args.consistency_window,
+            consistency_weight=args.consistency_weight,
         )
     eval_kwargs = dict(n=args.eval_n or n, max_new_tokens=args.eval_max_new_tokens, eos_ids=loaded.eos_ids,
                        task=task, tokenizer=loaded.tokenizer)
@@ -316,6 +321,7 @@ def run(args: argparse.Namespace, console: Any = None) -> int:
             Path(args.out), "cllm", model=args.model, trajectories=str(args.trajectories),
             n=traj_manifest.get("n"), records=len(records), prompts=len(train_prompts), max_prompts=args.max_prompts,
             consistency=args.consistency, consistency_window=args.consistency_window,
+            consistency_weight=args.consistency_weight,
             ar_weight=args.ar_weight, label_smoothing=args.label_smoothing, use_gt_labels=args.use_gt_labels,
             ar_tokens=args.ar_tokens, packed=packed, states_per_block=args.states_per_block if packed else 1,
             throughput=throughput, loss_terms=progress.terms, curve=progress.curve,

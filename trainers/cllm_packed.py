@@ -141,19 +141,21 @@ def packed_losses(model: Any, item: dict[str, Any], *, ar_weight: float, label_s
     return ar, cons, int(student.shape[0])
 
 
-def make_packed_step(acc: Any, model: Any, *, ar_weight: float, label_smoothing: float, window: int = 0):
-    """The per-micro-batch step over a list of packed items: one backward per item."""
+def make_packed_step(acc: Any, model: Any, *, ar_weight: float, label_smoothing: float, window: int = 0,
+                     consistency_weight: float = 1.0):  # fmt: skip
+    """The per-micro-batch step over a list of packed items: one backward per item of
+    ``ar + consistency_weight * consistency`` (the logged consistency term is unweighted)."""
 
     def step(items: list[dict[str, Any]]) -> dict[str, float]:
         logged = {"loss": 0.0, "ar": 0.0, "consistency": 0.0, "positions": 0.0, "records": float(len(items))}
         for item in items:
             ar, cons, positions = packed_losses(model, item, ar_weight=ar_weight, label_smoothing=label_smoothing,
                                                 window=window)
-            acc.backward((ar + cons) / len(items))
+            acc.backward((ar + consistency_weight * cons) / len(items))
             logged["ar"] += float(ar.detach()) / len(items)
             logged["consistency"] += float(cons.detach()) / len(items)
             logged["positions"] += positions
-        logged["loss"] = logged["ar"] + logged["consistency"]
+        logged["loss"] = logged["ar"] + consistency_weight * logged["consistency"]
         return logged
 
     return step
