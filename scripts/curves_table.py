@@ -36,7 +36,7 @@ def settings_of(manifest: dict[str, Any]) -> str:
 
 
 def summary_rows(manifests: dict[str, dict[str, Any]], set_name: str) -> list[str]:
-    rows = [f"| variant | updates | {set_name} tok/fwd first → last | ratio | fast-forwarded | stationary | match_base (last) | consistency loss (first → last point) |",
+    rows = [f"| variant | updates | {set_name} tok/fwd first → last | ratio | fast-forwarded | stationary | match_base (last) | training consistency loss (first → last point) |",
             "| --- | ---: | --- | ---: | --- | --- | ---: | --- |"]
     for name, m in manifests.items():
         curve = [p for p in m.get("curve") or [] if set_name in p]
