@@ -150,6 +150,13 @@ def test_first_prompts_keeps_every_block_of_the_first_prompts():
     assert len(cllm.first_prompts(recs, 9)) == 5
 
 
+def test_per_record_curve_prompts_are_distinct():
+    """The per-record path's curve 'train' set: one entry per prompt, not one per block record."""
+    recs = [{"data_id": d, "prompt_ids": p + [9, 9], "prompt_len": len(p)}
+            for d, p in (("a", [1, 2]), ("a", [1, 2]), ("b", [3]), ("a", [1, 2]), ("c", [4, 5]))]
+    assert cllm.distinct_prompts(recs) == [[1, 2], [3], [4, 5]]
+
+
 def test_soft_cross_entropy_is_kl_plus_entropy():
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(2, 3, 11, generator=g), torch.randn(2, 3, 11, generator=g)

@@ -162,6 +162,14 @@ def first_prompts(records: list[dict[str, Any]], max_prompts: int) -> list[dict[
     return out
 
 
+def distinct_prompts(records: list[dict[str, Any]]) -> list[list[int]]:
+    """Each record's original prompt once (a prompt has one record per block), in first-seen order."""
+    seen: dict[str, list[int]] = {}
+    for rec in records:
+        seen.setdefault(rec["data_id"], rec["prompt_ids"][: rec["prompt_len"]])
+    return list(seen.values())
+
+
 def load_records(folder: Path, use_gt_labels: bool, max_prompts: int = 0) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Trajectory records of the first ``max_prompts`` prompts (0: all) + the folder's
     manifest ({} if none), checked for the options."""
@@ -263,7 +271,7 @@ def run(args: argparse.Namespace, console: Any = None) -> int:
     common.check_trajectories_match(traj_manifest, loaded, args.model)
     model = loaded.model
     n = int(traj_manifest.get("n") or 16)
-    train_prompts = [list(g.prompt) for g in grouped] if grouped else [r["prompt_ids"][: r["prompt_len"]] for r in records]
+    train_prompts = [list(g.prompt) for g in grouped] if grouped else distinct_prompts(records)
     sets, task = curve_sets(args, loaded, train_prompts) if args.eval_every else ([], None)
     optimizer = common.make_optimizer(model.parameters(), settings.lr, settings.weight_decay)
     model, optimizer = acc.prepare(model, optimizer)
