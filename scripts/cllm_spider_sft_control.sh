@@ -7,8 +7,10 @@
 # (tokens per forward, fast-forwarded, stationary, execution accuracy in the sandbox).
 # Tokens per forward are counts, not timings; the run's seconds are not a speed figure
 # unless its timing health says the machine was quiet.
-# Status: not yet run to completion. Its first start (2026-11-29) was stopped during
-# `train sft` when the session's time ran out; nothing from it is reported.
+# Status: not yet run to completion. Both starts (2026-11-29) were stopped during `train sft`
+# when the session's time ran out (the second after 70 min of one thread beside three other
+# jobs: Spider's schema prompts make a batch of four ~2,400 tokens with gradients). Nothing
+# from it is reported. Give it a core of its own: ~1.5 h of one thread.
 #
 # Sizes (environment): N_TRAIN prompts (400), EPOCHS (1), LR (5e-5), N_EVAL dev questions (20),
 # MAX_NEW tokens (48), THREADS torch threads (1), WORK (runs/cllm-spider-sft), RESULTS
