@@ -27,18 +27,11 @@ export OMP_NUM_THREADS=${THREADS:-1}
 [ -f "$TRAJ/trajectories.jsonl" ] || { echo "TRAJ=$TRAJ has no trajectories.jsonl (run scripts/cllm_spider_cpu.sh first)" >&2; exit 2; }
 mkdir -p "$WORK" "$RESULTS"
 LOG="$RESULTS/commands.md"
-[ -f "$LOG" ] || {
-  echo "# CLLM recipe ablations on Spider, CPU (issue 16)"
-  echo
-  echo "invocation: \`N_PROMPTS=$N_PROMPTS EPOCHS=$EPOCHS EVAL_EVERY=$EVAL_EVERY MAX_NEW=$MAX_NEW THREADS=$OMP_NUM_THREADS TRAJ=$TRAJ VARIANTS='$VARIANTS' scripts/cllm_spider_ablations.sh\`; started $(date -u +%FT%TZ) on $(nproc --all) cores; commit $(git rev-parse --short HEAD)"
-  echo
-  echo "Counts only: other jobs shared the CPU, so the seconds below are not a speed measurement."
-  echo
-  echo "| step | command | wall time (s) |"
-  echo "| --- | --- | ---: |"
-} > "$LOG"
 # shellcheck source=steps.sh
 source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
+start_log "CLLM recipe ablations on Spider, CPU (issue 16)" \
+  "N_PROMPTS=$N_PROMPTS EPOCHS=$EPOCHS EVAL_EVERY=$EVAL_EVERY MAX_NEW=$MAX_NEW THREADS=$OMP_NUM_THREADS TRAJ=$TRAJ VARIANTS='$VARIANTS' scripts/cllm_spider_ablations.sh" \
+  "Counts only: other jobs shared the CPU, so the seconds below are not a speed measurement."
 collect() {  # collect NAME ARGS... : trajectories of the first N_PROMPTS prompts
   local out="$WORK/traj-$1"; shift
   [ -f "$out/trajectories.jsonl" ] || step "trajectories $(basename "$out")" cllm-bench train trajectories --model "$MODEL" \

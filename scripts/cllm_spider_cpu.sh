@@ -18,16 +18,10 @@ SPB=${SPB:-4}; EVAL_EVERY=${EVAL_EVERY:-100}; EVAL_LIMIT=${EVAL_LIMIT:-6}
 export OMP_NUM_THREADS=${THREADS:-1}
 mkdir -p "$WORK" "$RESULTS"
 LOG="$RESULTS/commands.md"
-[ -f "$LOG" ] || {
-  echo "# CLLM on Spider, CPU (issue 16)"
-  echo
-  echo "invocation: \`N_TRAIN=$N_TRAIN MAX_NEW=$MAX_NEW N=$N EPOCHS=$EPOCHS LR=$LR SPB=$SPB EVAL_EVERY=$EVAL_EVERY THREADS=$OMP_NUM_THREADS scripts/cllm_spider_cpu.sh\`; started $(date -u +%FT%TZ) on $(nproc --all) cores"
-  echo
-  echo "| step | command | wall time (s) |"
-  echo "| --- | --- | ---: |"
-} > "$LOG"
 # shellcheck source=steps.sh
 source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
+start_log "CLLM on Spider, CPU (issue 16)" \
+  "N_TRAIN=$N_TRAIN MAX_NEW=$MAX_NEW N=$N EPOCHS=$EPOCHS LR=$LR SPB=$SPB EVAL_EVERY=$EVAL_EVERY THREADS=$OMP_NUM_THREADS scripts/cllm_spider_cpu.sh"
 [ -f "$WORK/traj/trajectories.jsonl" ] || step trajectories cllm-bench train trajectories --model "$MODEL" --prompts spider \
   --data-dir "$DATA" --n "$N" --max-new-tokens "$MAX_NEW" --limit "$N_TRAIN" --batch-size 8 --collector packed \
   --out "$WORK/traj" --cpu

@@ -24,16 +24,10 @@ N_TRAIN=${N_TRAIN:-400}; EPOCHS=${EPOCHS:-1}; LR=${LR:-5e-5}; N_EVAL=${N_EVAL:-2
 export OMP_NUM_THREADS=${THREADS:-1}
 mkdir -p "$WORK" "$RESULTS"
 LOG="$RESULTS/commands.md"
-[ -f "$LOG" ] || {
-  echo "# SFT control on Spider, CPU (issue 16)"
-  echo
-  echo "invocation: \`N_TRAIN=$N_TRAIN EPOCHS=$EPOCHS LR=$LR N_EVAL=$N_EVAL MAX_NEW=$MAX_NEW THREADS=$OMP_NUM_THREADS scripts/cllm_spider_sft_control.sh\`; started $(date -u +%FT%TZ) on $(nproc --all) cores; commit $(git rev-parse --short HEAD)"
-  echo
-  echo "| step | command | wall time (s) |"
-  echo "| --- | --- | ---: |"
-} > "$LOG"
 # shellcheck source=steps.sh
 source "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
+start_log "SFT control on Spider, CPU (issue 16)" \
+  "N_TRAIN=$N_TRAIN EPOCHS=$EPOCHS LR=$LR N_EVAL=$N_EVAL MAX_NEW=$MAX_NEW THREADS=$OMP_NUM_THREADS scripts/cllm_spider_sft_control.sh"
 [ -f "$WORK/sft/config.json" ] || step sft cllm-bench train sft --model "$MODEL" --data spider --data-dir "$DATA" \
   --limit "$N_TRAIN" --epochs "$EPOCHS" --lr "$LR" --out "$WORK/sft" --save-every 100 --cpu
 cp "$WORK/sft/manifest.json" "$RESULTS/manifest-sft.json"

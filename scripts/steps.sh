@@ -9,3 +9,16 @@ step() {  # step NAME COMMAND... : run, time, log
   "$@"
   echo "| $name | \`$*\` | $((SECONDS - t0)) |" >> "$LOG"
 }
+
+start_log() {  # start_log TITLE INVOCATION [NOTE] : the commands.md header, written once per results folder
+  [ -f "$LOG" ] && return 0
+  {
+    echo "# $1"
+    echo
+    echo "invocation: \`$2\`; started $(date -u +%FT%TZ) on $(nproc --all) cores; commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo
+    if [ -n "${3:-}" ]; then echo "$3"; echo; fi
+    echo "| step | command | wall time (s) |"
+    echo "| --- | --- | ---: |"
+  } > "$LOG"
+}
