@@ -152,14 +152,8 @@ def first_prompts(records: list[dict[str, Any]], max_prompts: int) -> list[dict[
     order; all of them when ``max_prompts`` is 0."""
     if max_prompts <= 0:
         return records
-    kept: set[str] = set()
-    out = []
-    for rec in records:
-        if rec["data_id"] not in kept and len(kept) < max_prompts:
-            kept.add(rec["data_id"])
-        if rec["data_id"] in kept:
-            out.append(rec)
-    return out
+    kept = set(list(dict.fromkeys(rec["data_id"] for rec in records))[:max_prompts])
+    return [rec for rec in records if rec["data_id"] in kept]
 
 
 def distinct_prompts(records: list[dict[str, Any]]) -> list[list[int]]:

@@ -184,12 +184,10 @@ def verify_step(
     """
     proposal = proposer.propose(proposal_budget(k, out.remaining), trace)
     start = engine.length
-    if temperature > 0:
+    if temperature > 0 or target_hidden:  # the logits (sampling) or the hidden states are needed
         logits, hidden = score_chain(engine, x, proposal.tokens, target_hidden)
-        accepted = sample_accept(proposal.tokens, proposal.dists, logits, temperature, generator)
-    elif target_hidden:
-        logits, hidden = score_chain(engine, x, proposal.tokens, target_hidden)
-        accepted = chain_accept(proposal.tokens, logits.argmax(dim=-1).tolist())
+        accepted = (sample_accept(proposal.tokens, proposal.dists, logits, temperature, generator) if temperature > 0
+                    else chain_accept(proposal.tokens, logits.argmax(dim=-1).tolist()))  # fmt: skip
     else:  # greedy: only the target's argmaxes leave its step
         hidden = None
         accepted = chain_accept(proposal.tokens, engine.forward_greedy(engine.ids_tensor([x] + proposal.tokens))[0].tolist())

@@ -227,18 +227,15 @@ class StaticEngine(EngineCore):
             self.forwards += 1
             self._set_length(start + k, cache_in_sync=True)
             return out.logits, out.hidden_states[-1]
-        logits = self._run_block(self._decode_forward, ids, positions, block)
-        return logits[:, :k].clone() if self.compile else logits[:, :k]
+        return self._run_block(self._decode_forward, ids, positions, block)
 
     @torch.inference_mode()
     def forward_greedy(
         self, ids: torch.Tensor, positions: torch.Tensor | None = None, tree_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         """:meth:`forward` with the argmax inside the (compiled) step: [1, k] long ids."""
-        k = ids.shape[1]
         ids, positions, block = self._block_inputs(ids, positions, tree_mask)
-        picks = self._run_block(self._greedy_forward, ids, positions, block)
-        return picks[:, :k].clone() if self.compile else picks[:, :k]
+        return self._run_block(self._greedy_forward, ids, positions, block)
 
     def _block_inputs(
         self, ids: torch.Tensor, positions: torch.Tensor | None, tree_mask: torch.Tensor | None
@@ -258,7 +255,8 @@ class StaticEngine(EngineCore):
         self, step: Callable[..., torch.Tensor], ids: torch.Tensor, positions: torch.Tensor, block: torch.Tensor
     ) -> torch.Tensor:
         """Run ``step`` (the logits or the argmax graph) on the block padded to its bucket;
-        count the forward and commit the k real positions. Returns [1, b, ...] (b >= k)."""
+        count the forward and commit the k real positions. Returns the k real positions'
+        output [1, k, ...] (a copy when compiled: the graph's output buffer is reused)."""
         k, start = ids.shape[1], self._length
         b = bucket_size(k, self.buckets) if self.buckets else k
         if b > k:  # pad: extra tokens after the real ones, each attending only to itself
@@ -273,4 +271,4 @@ class StaticEngine(EngineCore):
         out = step(ids, positions, block, self._length_t)
         self.forwards += 1
         self._set_length(start + k, cache_in_sync=(b == k))
-        return out
+        return out[:, :k].clone() if self.compile else out[:, :k]
